@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Any, Iterable
 
 import yaml
@@ -12,6 +13,24 @@ import yaml
 from medseg.registry import ConfigError, build
 
 BASE_KEY = "_base_"
+
+# PyYAML follows YAML 1.1, where `1e-3` (no dot) is a string; users write learning rates that way.
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
+
+
+def _safe_load(text: str):
+    """``yaml.safe_load`` plus YAML 1.2 floats such as ``1e-3``."""
+    return _coerce_floats(yaml.safe_load(text))
+
+
+def _coerce_floats(node):
+    if isinstance(node, dict):
+        return {k: _coerce_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_coerce_floats(v) for v in node]
+    if isinstance(node, str) and _FLOAT_WITHOUT_DOT.match(node):
+        return float(node)
+    return node
 
 
 def merge(base: dict, child: dict) -> dict:
@@ -36,7 +55,7 @@ def load_yaml(path: str, _chain: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"{origin}config file not found: {path}")
     with open(path, encoding="utf-8") as fh:
         try:
-            data = yaml.safe_load(fh) or {}
+            data = _safe_load(fh.read()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
@@ -62,7 +81,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(keys):
         raise ConfigError(f"-o {text!r}: empty key segment in {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        value = _safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"-o {text!r}: value is not valid YAML: {err}") from err
     return keys, value

@@ -163,4 +163,11 @@ def _import_components() -> None:
 
 # Modules whose import registers components. Kept here so that the registry is the one place
 # that knows where components live.
-_COMPONENT_MODULES: list[str] = []
+_COMPONENT_MODULES: list[str] = [
+    "medseg.models",
+    "medseg.data.dataset",
+    "medseg.data.transforms",
+    "medseg.engine.losses",
+    "medseg.engine.metrics",
+    "medseg.engine.optim",
+]
