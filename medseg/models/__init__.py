@@ -1,0 +1,24 @@
+"""Models: slice encoders (Swin, paddle.vision CNNs), sequence heads, the ICH classifier.
+
+Importing this package registers every component (``medseg.registry`` imports it to find them).
+"""
+
+from medseg.models.classifier import ICHSequenceClassifier
+from medseg.models.encoders.base import SliceEncoder
+from medseg.models.encoders.cnn import CNNEncoder
+from medseg.models.encoders.swin import SwinTransformer
+from medseg.models.heads.base import SequenceHead
+from medseg.models.heads.bigru import BiGRUSequenceHead
+from medseg.models.heads.transformer import TransformerSequenceHead
+from medseg.models.weights import load_pretrained
+
+__all__ = [
+    "BiGRUSequenceHead",
+    "CNNEncoder",
+    "ICHSequenceClassifier",
+    "SequenceHead",
+    "SliceEncoder",
+    "SwinTransformer",
+    "TransformerSequenceHead",
+    "load_pretrained",
+]

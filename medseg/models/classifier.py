@@ -1,0 +1,77 @@
+"""The registered model: slice encoder → per-slice logits, plus a sequence head over the series."""
+
+from __future__ import annotations
+
+import paddle
+import paddle.nn as nn
+
+from medseg.models.encoders.base import SliceEncoder
+from medseg.models.heads.base import SequenceHead
+from medseg.models.heads.transformer import TransformerSequenceHead
+from medseg.registry import ENCODERS, HEADS, MODELS, build
+from medseg.utils.logger import get_logger
+
+logger = get_logger("models")
+
+
+@MODELS.add_component
+class ICHSequenceClassifier(nn.Layer):
+    """``model(image [B, S, C, H, W], mask [B, S] bool)`` as fixed in docs/design.md.
+
+    Returns, in training mode, ``(sequence_logits, slice_logits)`` each [B, S, num_classes]; in
+    eval mode the sequence logits. With ``sequential: false`` it is the slice-only model: slice
+    logits in eval mode, a 1-tuple in training. Padded positions of every output are zero.
+
+    Args:
+        encoder: a built :class:`SliceEncoder` (YAML ``{type: SwinTransformer, ...}`` arrives built)
+            or a config dict with ``type``.
+        head: a :class:`SequenceHead` or its config dict; ``None`` means the paper's
+            ``TransformerSequenceHead``. The classifier binds it to ``encoder.feature_dim``, so YAML
+            heads need no ``d_model`` (if given it must match). Unused when ``sequential`` is false.
+        sequential: add the sequence head (the paper's model) or not (slice-only baseline).
+        num_classes: must equal the encoder's per-slice head size.
+    """
+
+    def __init__(
+        self,
+        encoder: dict | SliceEncoder,
+        head: dict | SequenceHead | None = None,
+        sequential: bool = True,
+        num_classes: int = 6,
+    ):
+        super().__init__()
+        if isinstance(encoder, dict):
+            encoder = build(encoder, ENCODERS, "model.encoder")
+        if not isinstance(encoder, SliceEncoder):
+            raise TypeError(f"model.encoder must be a SliceEncoder (e.g. SwinTransformer, CNNEncoder), got {type(encoder).__name__}")
+        if encoder.num_classes != num_classes:
+            raise ValueError(f"encoder has {encoder.num_classes} outputs but model num_classes is {num_classes}")
+        self.encoder = encoder
+        self.sequential = bool(sequential)
+        self.num_classes = num_classes
+        if not self.sequential:
+            if head is not None:
+                logger.info("sequential is false: the configured sequence head is not used")
+            self.head = None
+            return
+        if head is None:
+            head = TransformerSequenceHead(num_classes=num_classes)
+        elif isinstance(head, dict):
+            head = build(head, HEADS, "model.head")
+        if not isinstance(head, SequenceHead):
+            raise TypeError(f"model.head must be a SequenceHead, got {type(head).__name__}")
+        if head.num_classes != num_classes:
+            raise ValueError(f"head has {head.num_classes} outputs but model num_classes is {num_classes}")
+        self.head = head.bind(encoder.feature_dim)
+
+    def forward(self, image: paddle.Tensor, mask: paddle.Tensor | None = None):
+        if mask is None:
+            mask = paddle.ones(image.shape[:2], dtype="bool")
+        mask = mask.astype("bool")
+        keep = mask.unsqueeze(-1).astype(image.dtype)  # zero the outputs at padded positions
+        features = self.encoder.encode_series(image, mask)  # [B, S, D]
+        slice_logits = self.encoder.forward_head(features) * keep
+        if self.head is None:
+            return (slice_logits,) if self.training else slice_logits
+        sequence_logits = self.head(features, mask) * keep
+        return (sequence_logits, slice_logits) if self.training else sequence_logits

@@ -1,0 +1,97 @@
+"""What every slice encoder shares: the per-slice ("stage 1") linear head and series encoding.
+
+A subclass builds its backbone, then calls ``SliceEncoder.__init__`` first with the width of its
+pooled features and implements ``forward_features(x [N, C, H, W]) -> [N, D]``. Everything that
+deals with series (padding, chunking, activation checkpointing) lives here, once, so that a CNN and
+a Swin encoder behave the same way inside the classifier.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import paddle
+import paddle.nn as nn
+
+
+class SliceEncoder(nn.Layer, abc.ABC):
+    """Base class: ``forward(x) = forward_head(forward_features(x))`` plus :meth:`encode_series`.
+
+    Args:
+        feature_dim: width D of the pooled per-slice features.
+        num_classes: outputs of the per-slice linear head (6 labels).
+        chunk_size: slices encoded per forward pass by :meth:`encode_series`; bounds the
+            activation memory of long series. ``None`` encodes all real slices at once. With
+            BatchNorm in training mode each chunk is normalised with its own statistics.
+        recompute: activation checkpointing per chunk (paddle's ``fleet.utils.recompute``): only the
+            chunk inputs are kept, activations are recomputed in backward. Meant for GPU training of
+            the large encoders; ignored in eval mode.
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int = 6, chunk_size: int | None = 32, recompute: bool = False):
+        super().__init__()
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive number of slices or null, got {chunk_size}")
+        self.feature_dim = int(feature_dim)
+        self.num_classes = int(num_classes)
+        self.chunk_size = chunk_size
+        self.recompute = bool(recompute)
+        self.head = nn.Linear(self.feature_dim, self.num_classes)
+
+    @abc.abstractmethod
+    def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
+        """[N, C, H, W] slices → pooled features [N, feature_dim]."""
+
+    def forward_head(self, features: paddle.Tensor) -> paddle.Tensor:
+        """Per-slice logits from pooled features; works on [N, D] and on [B, S, D]."""
+        return self.head(features)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """[N, C, H, W] slices → [N, num_classes] per-slice logits."""
+        return self.forward_head(self.forward_features(x))
+
+    def _encode_chunk(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self.recompute and self.training:
+            # Imported lazily: fleet pulls in the distributed stack, which CPU inference never needs.
+            from paddle.distributed.fleet.utils import recompute
+
+            # recompute only tracks gradients if an input needs them; parameters are not inputs.
+            x = x.detach()
+            x.stop_gradient = False
+            return recompute(self.forward_features, x)
+        return self.forward_features(x)
+
+    def encode_series(self, images: paddle.Tensor, mask: paddle.Tensor | None = None) -> paddle.Tensor:
+        """[B, S, C, H, W] (+ bool mask [B, S], True = real slice) → features [B, S, D].
+
+        Only real slices are encoded (padding costs nothing and never enters BatchNorm
+        statistics); padded positions get zero features.
+        """
+        if images.ndim != 5:
+            raise ValueError(f"encode_series expects images [B, S, C, H, W], got shape {list(images.shape)}")
+        b, s, c, h, w = images.shape
+        flat = images.reshape([b * s, c, h, w])
+        index = None
+        if mask is not None:
+            if list(mask.shape) != [b, s]:
+                raise ValueError(f"mask shape {list(mask.shape)} does not match images [B, S] = {[b, s]}")
+            flat_mask = mask.reshape([-1]).astype("bool")
+            if not bool(flat_mask.all()):
+                index = paddle.nonzero(flat_mask).reshape([-1])
+                flat = paddle.gather(flat, index)
+        n = flat.shape[0]
+        step = n if self.chunk_size is None else self.chunk_size
+        chunks = [self._encode_chunk(flat[i : i + step]) for i in range(0, n, step)]
+        feats = chunks[0] if len(chunks) == 1 else paddle.concat(chunks, axis=0)  # [n_real, D]
+        if index is not None:
+            out = paddle.zeros([b * s, feats.shape[-1]], dtype=feats.dtype)
+            feats = paddle.scatter(out, index, feats, overwrite=True)
+        return feats.reshape([b, s, -1])
+
+    def load_pretrained(self, path: str | None, key_map: str = "auto"):
+        """Load local weights (``.pdparams``/``.safetensors``) into this encoder; see ``weights.py``."""
+        if not path:
+            return None
+        from medseg.models.weights import load_pretrained
+
+        return load_pretrained(self, path, key_map=key_map)

@@ -1,0 +1,75 @@
+"""CNN slice encoders from ``paddle.vision.models`` (built with ``pretrained=False``: no downloads).
+
+The backbone is kept under ``backbone.`` with paddle.vision's own parameter names, so its
+ImageNet ``.pdparams`` load through the ``paddle_vision`` key map (``fc.*``/``out.*`` → ``head.*``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import paddle
+import paddle.vision.models as pvm
+
+from medseg.models.encoders.base import SliceEncoder
+from medseg.registry import ENCODERS
+
+# name → paddle.vision constructor; all accept num_classes / with_pool.
+ARCHS: dict[str, Callable] = {
+    "resnet18": pvm.resnet18,
+    "resnet34": pvm.resnet34,
+    "resnet50": pvm.resnet50,
+    "resnet101": pvm.resnet101,
+    "resnext50_32x4d": pvm.resnext50_32x4d,
+    "resnext50_64x4d": pvm.resnext50_64x4d,
+    "wide_resnet50_2": pvm.wide_resnet50_2,
+    "densenet121": pvm.densenet121,
+    "densenet169": pvm.densenet169,
+    "densenet201": pvm.densenet201,
+}
+
+
+def _feature_width(backbone: paddle.nn.Layer) -> int:
+    """Width of the pooled features, read from the built backbone rather than a table."""
+    if isinstance(backbone, pvm.DenseNet):
+        return int(backbone.batch_norm.weight.shape[0])
+    if isinstance(backbone, pvm.ResNet):
+        return int(backbone.inplanes)  # planes * expansion of the last stage after _make_layer
+    raise TypeError(f"cannot tell the feature width of {type(backbone).__name__}")
+
+
+@ENCODERS.add_component
+class CNNEncoder(SliceEncoder):
+    """A paddle.vision CNN without its classifier: global-average-pooled features [N, D].
+
+    Args:
+        arch: one of ``ARCHS`` (resnet18/34/50/101, resnext50_32x4d/64x4d, wide_resnet50_2,
+            densenet121/169/201).
+        img_size: the slice size the data pipeline feeds (CNNs accept any size); if set, inputs
+            of another size are rejected, which catches a transform/model mismatch early, and
+            ``model_info`` uses it.
+        pretrained: a local ``.pdparams``/``.safetensors`` file (paddle.vision names or ours).
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        num_classes: int = 6,
+        chunk_size: int | None = 32,
+        recompute: bool = False,
+        img_size: int | None = None,
+        pretrained: str | None = None,
+    ):
+        if arch not in ARCHS:
+            raise ValueError(f"unknown CNN arch {arch!r}; known: {', '.join(ARCHS)}")
+        backbone = ARCHS[arch](pretrained=False, num_classes=0, with_pool=True)
+        super().__init__(_feature_width(backbone), num_classes, chunk_size, recompute)
+        self.arch, self.img_size = arch, img_size
+        self.backbone = backbone
+        self.load_pretrained(pretrained, key_map="auto")
+
+    def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
+        """[N, C, H, W] → [N, D]."""
+        if self.img_size is not None and (x.shape[-1] != self.img_size or x.shape[-2] != self.img_size):
+            raise ValueError(f"CNNEncoder({self.arch}) is configured for {self.img_size}px input, got {list(x.shape)}")
+        return self.backbone(x).flatten(1)

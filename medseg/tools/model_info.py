@@ -1,0 +1,156 @@
+"""Parameters and GFLOPs per slice of a configured model.
+
+    python -m medseg.tools.model_info --config config/_base_/models/swin_base_paper.yml [-o ...]
+    python -m medseg.tools.model_info --config a.yml b.yml --markdown   # one table row per config
+
+How cost is counted (printed with the numbers): multiply-accumulates, the convention of the
+Swin and ResNet papers' "FLOPs". One 1×C×H×W slice runs through the encoder and its per-slice
+head with forward hooks on every convolution and linear layer; Swin's window-attention matmuls
+(q·kᵀ and attn·v) are not layers, so they are added analytically. The sequence head is counted
+the same way over one series of ``--seq_len`` slices, divided by that length, plus its attention
+matmuls. Normalisation, activations, pooling and recurrent layers are not counted.
+(``paddle.flops`` does the same layer walk but fails under numpy 2 — it calls ``int()`` on
+1-element arrays — hence the few lines of hooks here.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import paddle
+import paddle.nn as nn
+
+from medseg.config import Config
+from medseg.models.classifier import ICHSequenceClassifier
+from medseg.models.encoders.swin import SwinTransformer
+from medseg.models.heads.base import SequenceHead
+
+COUNTING = (
+    "GFLOPs = 1e9 multiply-accumulates per slice: conv + linear layers over one slice through the "
+    "encoder and per-slice head (+ Swin window-attention matmuls, counted analytically), plus the "
+    "sequence head per slice (a series of {seq_len} slices / {seq_len}, + its attention matmuls); "
+    "norms, activations and pooling not counted."
+)
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    encoder: str
+    img_size: int
+    params: int
+    encoder_params: int
+    head_params: int
+    encoder_gflops: float
+    head_gflops: float
+
+    @property
+    def gflops(self) -> float:
+        return self.encoder_gflops + self.head_gflops
+
+
+def _count(layer: nn.Layer) -> int:
+    return sum(int(p.numel()) for p in layer.parameters())
+
+
+def _conv_linear_macs(net: nn.Layer, *inputs: paddle.Tensor) -> int:
+    """MACs of every Conv2D and Linear layer during one forward of ``net(*inputs)``."""
+    total = [0]
+
+    def on_conv(layer: nn.Conv2D, _inp, out: paddle.Tensor) -> None:
+        kh, kw = layer._kernel_size
+        total[0] += int(out.numel()) * (layer._in_channels // layer._groups) * kh * kw
+
+    def on_linear(layer: nn.Linear, _inp, out: paddle.Tensor) -> None:
+        total[0] += int(out.numel()) * int(layer.weight.shape[0])
+
+    handles = []
+    for layer in net.sublayers(include_self=True):
+        if isinstance(layer, nn.Conv2D):
+            handles.append(layer.register_forward_post_hook(on_conv))
+        elif isinstance(layer, nn.Linear):
+            handles.append(layer.register_forward_post_hook(on_linear))
+    try:
+        with paddle.no_grad():
+            net(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total[0]
+
+
+def _head_attention_macs(head: SequenceHead, seq_len: int) -> int:
+    """q·kᵀ and attn·v of every attention layer, for the whole series."""
+    layers = [m for m in head.sublayers() if isinstance(m, nn.MultiHeadAttention)]
+    return sum(2 * seq_len * seq_len * m.embed_dim for m in layers)
+
+
+def model_info(model: ICHSequenceClassifier, img_size: int, in_chans: int = 3, seq_len: int = 40, name: str = "") -> ModelInfo:
+    """Count parameters and per-slice GMACs of ``model`` (runs one slice and one series)."""
+    model.eval()
+    encoder = model.encoder
+    enc_macs = _conv_linear_macs(encoder, paddle.zeros([1, in_chans, img_size, img_size]))
+    if isinstance(encoder, SwinTransformer):
+        enc_macs += encoder.attention_matmul_macs()
+    head_macs = 0.0
+    if model.head is not None:
+        series = _conv_linear_macs(model.head, paddle.zeros([1, seq_len, encoder.feature_dim]), paddle.ones([1, seq_len], dtype="bool"))
+        head_macs = (series + _head_attention_macs(model.head, seq_len)) / seq_len
+    enc_name = type(encoder).__name__
+    detail = getattr(encoder, "variant", None) or getattr(encoder, "arch", None)
+    return ModelInfo(
+        name=name,
+        encoder=f"{enc_name}({detail})" if detail else enc_name,
+        img_size=img_size,
+        params=_count(model),
+        encoder_params=_count(encoder),
+        head_params=_count(model.head) if model.head is not None else 0,
+        encoder_gflops=enc_macs / 1e9,
+        head_gflops=head_macs / 1e9,
+    )
+
+
+def config_img_size(cfg: Config, default: int = 224) -> int:
+    """The slice size the model is built for: ``model.encoder.img_size`` if set."""
+    size = cfg.get("model.encoder.img_size")
+    return int(size) if size else default
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", nargs="+", required=True, help="YAML file(s) with a model: section")
+    parser.add_argument("-o", "--opts", action="append", default=[], help="override key=value (repeatable)")
+    parser.add_argument("--img_size", type=int, default=None, help="slice size if the config does not fix it (default 224)")
+    parser.add_argument("--in_chans", type=int, default=3)
+    parser.add_argument("--seq_len", type=int, default=40, help="series length for the sequence head's share")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table row per config")
+    args = parser.parse_args(argv)
+    infos = []
+    for path in args.config:
+        cfg = Config(path, args.opts)
+        img_size = args.img_size or config_img_size(cfg)
+        model = cfg.build("model")
+        infos.append(model_info(model, img_size, args.in_chans, args.seq_len, name=path))
+        del model
+    if args.markdown:
+        print("| config | encoder | input | params (M) | GFLOPs / slice |")
+        print("|---|---|---|---|---|")
+        for i in infos:
+            print(f"| `{i.name}` | {i.encoder} | {i.img_size} px | {i.params / 1e6:.2f} | {i.gflops:.2f} |")
+    else:
+        for i in infos:
+            print(f"config: {i.name}")
+            print(f"  encoder: {i.encoder}, input {args.in_chans}x{i.img_size}x{i.img_size}")
+            print(
+                f"  parameters: {i.params / 1e6:.2f} M total = encoder with per-slice head {i.encoder_params / 1e6:.2f} M "
+                f"+ sequence head {i.head_params / 1e6:.2f} M ({i.params:,})"
+            )
+            print(f"  GFLOPs per slice: {i.gflops:.3f} (encoder {i.encoder_gflops:.3f} + sequence head {i.head_gflops:.4f})")
+    print(COUNTING.format(seq_len=args.seq_len))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
