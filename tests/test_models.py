@@ -85,7 +85,8 @@ def test_drop_path_is_per_sample_and_off_in_eval():
 
 @pytest.mark.parametrize(
     "arch, width",  # widths of the published architectures
-    [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("resnext50_32x4d", 2048), ("densenet121", 1024)],
+    [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("resnext50_32x4d", 2048), ("densenet121", 1024),
+     ("mobilenet_v3_small", 576), ("shufflenet_v2_x0_5", 1024)],
 )
 def test_cnn_encoder_shapes(arch, width):
     enc = CNNEncoder(arch=arch).eval()
@@ -93,6 +94,12 @@ def test_cnn_encoder_shapes(arch, width):
     assert enc.feature_dim == width
     assert enc.forward_features(x).shape == [2, width]
     assert enc(x).shape == [2, 6]
+
+
+def test_cnn_scale_is_a_width_multiplier_for_mobilenets_only():
+    assert CNNEncoder(arch="mobilenet_v3_small", scale=0.5).feature_dim == 288
+    with pytest.raises(ValueError, match="mobilenet"):
+        CNNEncoder(arch="resnet18", scale=0.5)
 
 
 def test_encode_series_chunks_and_padding():
