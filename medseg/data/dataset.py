@@ -1,0 +1,154 @@
+"""The prepared-dataset reader: one item = one series (docs/design.md, "Prepared dataset").
+
+Each item memory-maps the series' uint8 cache, crops every slice by the box stored at prepare
+time, and runs the slice transforms. The random state of an item is derived from
+``(seed, epoch, index)`` so that augmentations do not depend on worker count or on how a run
+was interrupted and resumed: the sampler passes ``(index, epoch)`` keys.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import paddle
+
+from medseg.constants import LABELS
+from medseg.data.transforms import Compose, ToCHW, Transform
+from medseg.registry import DATASETS
+
+META_COLUMNS: tuple[str, ...] = (
+    "slice_id", "series_id", "slice_idx", *LABELS, "crop_y0", "crop_y1", "crop_x0", "crop_x1", "cache",
+)
+
+
+def meta_path(dataset_root: str, split: str) -> str:
+    return os.path.join(dataset_root, f"{split}_meta.csv")
+
+
+def split_key(key: Any) -> tuple[int, int]:
+    """A sampler key is ``index`` or ``(index, epoch)``."""
+    if isinstance(key, (tuple, list)):
+        return int(key[0]), int(key[1])
+    return int(key), 0
+
+
+@DATASETS.add_component
+class RSNASeriesDataset(paddle.io.Dataset):
+    """Series of ``DATASET_ROOT/<split>_meta.csv`` (``split`` is any tag: train, val, test,
+    test_pseudo …). Labels may be soft; an unlabelled split has NaN labels (``labelled`` False).
+    """
+
+    def __init__(self, dataset_root: str, split: str = "train", transforms: Sequence[Transform] = (),
+                 per_slice: bool = True, seed: int = 0):
+        super().__init__()
+        self.dataset_root = dataset_root
+        self.split = split
+        self.seed = int(seed)
+        transforms = list(transforms or [])
+        if not transforms or not isinstance(transforms[-1], ToCHW):
+            raise ValueError(f"{split} dataset: transforms must end with ToCHW (models take C × H × W), got {transforms!r}")
+        self.transforms = Compose(transforms, per_slice=per_slice)
+        if not os.path.isdir(dataset_root):
+            raise FileNotFoundError(f"{dataset_root}: dataset root not found (run the prepare step first)")
+        path = meta_path(dataset_root, split)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: meta file not found for split {split!r}")
+        self._load_meta(path)
+
+    def _load_meta(self, path: str) -> None:
+        meta = pd.read_csv(path, dtype={"slice_id": str, "series_id": str, "cache": str})
+        missing = [c for c in META_COLUMNS if c not in meta.columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+        if meta.empty:
+            raise ValueError(f"{path}: no slices")
+        if meta["slice_id"].duplicated().any():
+            dup = meta.loc[meta["slice_id"].duplicated(), "slice_id"].iloc[0]
+            raise ValueError(f"{path}: duplicate slice_id {dup}")
+        meta = meta.sort_values(["series_id", "slice_idx"], kind="stable").reset_index(drop=True)
+        series = meta["series_id"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, series[1:] != series[:-1]])
+        self.starts = starts
+        self.ends = np.r_[starts[1:], len(meta)]
+        self.series_ids: list[str] = [str(s) for s in series[starts]]
+        self.slice_ids = meta["slice_id"].to_numpy(dtype=object)
+        self.labels = meta[list(LABELS)].to_numpy(dtype=np.float32)
+        self.boxes = meta[["crop_y0", "crop_y1", "crop_x0", "crop_x1"]].to_numpy(dtype=np.int64)
+        caches = meta["cache"].to_numpy(dtype=object)[starts]
+        self.cache_paths = [os.path.join(self.dataset_root, str(c)) for c in caches]
+        for sid, cache in zip(self.series_ids, self.cache_paths):
+            if not os.path.isfile(cache):
+                raise FileNotFoundError(f"{cache}: cache file missing for series {sid} (listed in {path})")
+        self.labelled = bool(np.isfinite(self.labels).all())
+        self.meta_file = path
+
+    def __len__(self) -> int:
+        return len(self.series_ids)
+
+    def num_slices(self, index: int) -> int:
+        return int(self.ends[index] - self.starts[index])
+
+    def load_slices(self, index: int) -> list[np.ndarray]:
+        """The series' slices in order, each cropped to its stored head box (H × W × C uint8)."""
+        path = self.cache_paths[index]
+        start, end = int(self.starts[index]), int(self.ends[index])
+        try:
+            volume = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: unreadable cache file ({err})") from err
+        if volume.ndim != 4 or volume.shape[0] != end - start or volume.dtype != np.uint8:
+            raise ValueError(f"{path}: expected uint8 [{end - start}, H, W, C], found {volume.dtype} {list(volume.shape)}")
+        height, width = volume.shape[1:3]
+        slices = []
+        for i, (y0, y1, x0, x1) in enumerate(self.boxes[start:end]):
+            if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+                raise ValueError(f"{path}: crop box {[y0, y1, x0, x1]} of slice {self.slice_ids[start + i]} outside the {height}x{width} frame")
+            slices.append(np.asarray(volume[i, y0:y1, x0:x1]))
+        return slices
+
+    def rng(self, index: int, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, index])
+
+    def __getitem__(self, key: Any) -> dict[str, Any]:
+        index, epoch = split_key(key)
+        start, end = int(self.starts[index]), int(self.ends[index])
+        image = self.transforms.stack(self.load_slices(index), self.rng(index, epoch))
+        return {
+            "image": image.astype(np.float32, copy=False),
+            "label": self.labels[start:end].copy(),
+            "series_id": self.series_ids[index],
+            "slice_ids": [str(s) for s in self.slice_ids[start:end]],
+        }
+
+
+@DATASETS.add_component
+class ConcatSeriesDataset(paddle.io.Dataset):
+    """Several series datasets as one (e.g. labelled train + pseudo-labelled test)."""
+
+    def __init__(self, datasets: Sequence[Any]):
+        super().__init__()
+        if not datasets:
+            raise ValueError("ConcatSeriesDataset: no datasets given")
+        self.datasets = list(datasets)
+        self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
+        self.series_ids = [s for d in self.datasets for s in d.series_ids]
+        self.labelled = all(d.labelled for d in self.datasets)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _locate(self, index: int) -> tuple[Any, int]:
+        which = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return self.datasets[which], index - int(self.offsets[which])
+
+    def num_slices(self, index: int) -> int:
+        dataset, local = self._locate(index)
+        return dataset.num_slices(local)
+
+    def __getitem__(self, key: Any) -> dict[str, Any]:
+        index, epoch = split_key(key)
+        dataset, local = self._locate(index)
+        return dataset[(local, epoch)]

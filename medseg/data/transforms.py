@@ -1,0 +1,342 @@
+"""Slice transforms: small callables composed from YAML, randomness through an explicit RNG.
+
+Every transform works on one slice (``H × W × C`` array) in two steps, ``sample(rng)`` draws the
+random parameters and ``apply(image, params)`` uses them. The split is what makes the per-slice
+vs per-series switch possible: the paper's loader draws a new augmentation for every slice
+(``per_slice: true``); ``per_slice: false`` draws once and applies the same geometry to the whole
+series. Parameters are shape-free (fractions, angles), so one draw fits slices whose head crops
+differ in size.
+
+Geometric transforms are affine; ``Compose`` fuses a run of them into one ``cv2.warpAffine``
+(one interpolation instead of one per transform, the loader's main cost) and zeroes what the
+sequential version would have lost at an intermediate canvas edge (e.g. the corners a rotation
+pulls in from outside the crop), so the result matches applying them one by one.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from medseg.registry import TRANSFORMS
+
+
+def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    if len(size) != 2:
+        raise ValueError(f"size must be an int or [height, width], got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _warp(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """``cv2.warpAffine`` with zero padding; keeps a trailing channel axis of 1 that cv2 drops."""
+    out = cv2.warpAffine(image, matrix, (out_hw[1], out_hw[0]), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out[..., None] if out.ndim == 2 and image.ndim == 3 else out
+
+
+class Transform(abc.ABC):
+    """Base: ``sample`` draws the parameters (deterministic transforms draw nothing), ``apply``
+    uses them. Calling a transform needs the random state explicitly."""
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        return None
+
+    @abc.abstractmethod
+    def apply(self, image: np.ndarray, params: Any) -> np.ndarray:
+        """Transform one ``H × W × C`` slice with drawn ``params``."""
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.apply(image, self.sample(rng))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class AffineTransform(Transform):
+    """A geometric transform given by a matrix: ``affine(params, (h, w))`` → (3 × 3 matrix from
+    input to output pixel coordinates, output (h, w)). ``keeps_canvas``: the output frame is the
+    input frame mapped onto itself (flips, resize), so no content is cut at its edge."""
+
+    keeps_canvas = False
+
+    @abc.abstractmethod
+    def affine(self, params: Any, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        """Matrix and output size for one slice of size ``in_hw``."""
+
+    def apply(self, image: np.ndarray, params: Any) -> np.ndarray:
+        matrix, out_hw = self.affine(params, image.shape[:2])
+        return _warp(image, matrix[:2], out_hw)
+
+
+def _scale_matrix(sy: float, sx: float, y0: float = 0.0, x0: float = 0.0) -> np.ndarray:
+    """Pixel-centre scaling (cv2.resize's convention) of the box starting at (y0, x0)."""
+    return np.array([[sx, 0.0, (0.5 - x0) * sx - 0.5], [0.0, sy, (0.5 - y0) * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+@TRANSFORMS.add_component
+class Resize(AffineTransform):
+    """Resize to ``size`` (int or [height, width]); bilinear like the original eval path."""
+
+    def __init__(self, size: int | Sequence[int] = 224):
+        self.size = _as_hw(size)
+
+    keeps_canvas = True
+
+    def affine(self, params: Any, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        return _scale_matrix(self.size[0] / in_hw[0], self.size[1] / in_hw[1]), self.size
+
+    def apply(self, image: np.ndarray, params: Any) -> np.ndarray:
+        out = cv2.resize(image, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR)
+        return out[..., None] if out.ndim == 2 and image.ndim == 3 else out
+
+
+@TRANSFORMS.add_component
+class RandomResizedCrop(AffineTransform):
+    """Crop a box of ``scale`` × the image area and aspect ``ratio``, resize it to ``size``.
+
+    Unlike torchvision, ``scale`` may exceed 1 (the paper uses [0.8, 1.2]): the box is then larger
+    than the image, which zooms out and pads with zeros. Done as one affine warp, so crop, pad
+    and resize cost one interpolation.
+    """
+
+    def __init__(self, size: int | Sequence[int] = 224, scale: Sequence[float] = (0.8, 1.2),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3)):
+        if not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"RandomResizedCrop: scale must satisfy 0 < min <= max, got {scale!r}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"RandomResizedCrop: ratio must satisfy 0 < min <= max, got {ratio!r}")
+        self.size = _as_hw(size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+
+    def sample(self, rng: np.random.Generator) -> tuple[float, float, float, float]:
+        area = rng.uniform(*self.scale)
+        log_ratio = rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]))
+        return area, math.exp(log_ratio), rng.uniform(), rng.uniform()
+
+    def box(self, height: int, width: int, params: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """(y0, x0, box_h, box_w) in pixels; the box stays inside the image, or covers it."""
+        area, aspect, fy, fx = params
+        box_w = width * math.sqrt(area * aspect)
+        box_h = height * math.sqrt(area / aspect)
+        y0 = min(0.0, height - box_h) + fy * abs(height - box_h)
+        x0 = min(0.0, width - box_w) + fx * abs(width - box_w)
+        return y0, x0, box_h, box_w
+
+    def affine(self, params: tuple[float, float, float, float], in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        y0, x0, box_h, box_w = self.box(in_hw[0], in_hw[1], params)
+        return _scale_matrix(self.size[0] / box_h, self.size[1] / box_w, y0, x0), self.size
+
+
+@TRANSFORMS.add_component
+class HorizontalFlip(AffineTransform):
+    """Mirror left-right with probability ``prob``."""
+
+    def __init__(self, prob: float = 0.5):
+        self.prob = float(prob)
+
+    def sample(self, rng: np.random.Generator) -> bool:
+        return bool(rng.uniform() < self.prob)
+
+    keeps_canvas = True
+
+    def affine(self, params: bool, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        matrix = np.eye(3)
+        if params:
+            matrix[0, 0], matrix[0, 2] = -1.0, in_hw[1] - 1.0
+        return matrix, tuple(in_hw)
+
+    def apply(self, image: np.ndarray, params: bool) -> np.ndarray:
+        return np.ascontiguousarray(image[:, ::-1]) if params else image
+
+
+@TRANSFORMS.add_component
+class VerticalFlip(AffineTransform):
+    """Mirror top-bottom with probability ``prob``."""
+
+    def __init__(self, prob: float = 0.5):
+        self.prob = float(prob)
+
+    def sample(self, rng: np.random.Generator) -> bool:
+        return bool(rng.uniform() < self.prob)
+
+    keeps_canvas = True
+
+    def affine(self, params: bool, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        matrix = np.eye(3)
+        if params:
+            matrix[1, 1], matrix[1, 2] = -1.0, in_hw[0] - 1.0
+        return matrix, tuple(in_hw)
+
+    def apply(self, image: np.ndarray, params: bool) -> np.ndarray:
+        return np.ascontiguousarray(image[::-1]) if params else image
+
+
+@TRANSFORMS.add_component
+class RandomRotation(AffineTransform):
+    """Rotate about the centre by an angle drawn from ``[-degrees, degrees]``; zero padding."""
+
+    def __init__(self, degrees: float = 180.0):
+        self.degrees = float(degrees)
+
+    def sample(self, rng: np.random.Generator) -> float:
+        return float(rng.uniform(-self.degrees, self.degrees))
+
+    def affine(self, params: float, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        height, width = in_hw
+        matrix = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), params, 1.0)
+        return np.vstack([matrix, [0.0, 0.0, 1.0]]), (height, width)
+
+
+@TRANSFORMS.add_component
+class Normalize(Transform):
+    """uint8 → float32: ``(x / 255 - mean) / std`` per channel (defaults keep [0, 1])."""
+
+    def __init__(self, mean: float | Sequence[float] = 0.0, std: float | Sequence[float] = 1.0):
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        if np.any(self.std <= 0):
+            raise ValueError(f"Normalize: std must be positive, got {std!r}")
+        self._tables: dict[int, np.ndarray] = {}
+
+    def _table(self, channels: int) -> np.ndarray:
+        if channels not in self._tables:
+            values = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
+            table = np.broadcast_to(((values - self.mean) / self.std).astype(np.float32), (256, channels))
+            self._tables[channels] = np.ascontiguousarray(table.reshape(1, 256, channels) if channels > 1 else table[:, :1].reshape(1, 256))
+        return self._tables[channels]
+
+    def apply(self, image: np.ndarray, params: Any) -> np.ndarray:
+        channels = image.shape[2] if image.ndim == 3 else 1
+        if image.dtype == np.uint8 and channels <= 4:
+            # One table look-up per pixel (cv2.LUT keeps the table's float32 depth) instead of
+            # three float passes: the loader's hottest step after the warps.
+            return cv2.LUT(image, self._table(channels)).reshape(image.shape)
+        return ((image.astype(np.float32) * np.float32(1 / 255.0)) - self.mean) / self.std
+
+    def apply_chw(self, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``apply`` then ``ToCHW`` in one pass: one table look-up per channel plane, written
+        straight into the C × H × W result (or ``out``); Compose uses it for ``[Normalize, ToCHW]``."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] > 4:
+            result = ToCHW().apply(self.apply(image, None), None)
+            if out is None:
+                return result
+            out[...] = result
+            return out
+        table = self._table(image.shape[2]).reshape(256, -1)
+        if out is None:
+            out = np.empty((image.shape[2], *image.shape[:2]), np.float32)
+        for c, plane in enumerate(cv2.split(image)):
+            cv2.LUT(plane, np.ascontiguousarray(table[:, c]).reshape(1, 256), dst=out[c])
+        return out
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+
+@TRANSFORMS.add_component
+class ToCHW(Transform):
+    """``H × W × C`` → ``C × H × W`` float32 (the layout models take)."""
+
+    def apply(self, image: np.ndarray, params: Any) -> np.ndarray:
+        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _same_hwc(images: Sequence[np.ndarray]) -> bool:
+    return bool(images) and images[0].ndim == 3 and all(img.shape == images[0].shape for img in images)
+
+
+class Compose:
+    """Apply ``transforms`` to every slice of a series with an explicit random state.
+
+    ``per_slice=True`` draws each transform's parameters for every slice (the paper);
+    ``per_slice=False`` draws once per series so all slices get the same geometry. ``fuse=True``
+    warps each run of consecutive affine transforms once (see the module docstring).
+    """
+
+    def __init__(self, transforms: Sequence[Transform], per_slice: bool = True, fuse: bool = True):
+        for t in transforms:
+            if not isinstance(t, Transform):
+                raise TypeError(f"Compose: {t!r} is not a medseg transform (built from a {{type: ...}} entry)")
+        self.transforms = list(transforms)
+        self.per_slice = bool(per_slice)
+        self.fuse = bool(fuse)
+        self._stages: list[list[Transform]] = []  # runs of affine transforms, or single others
+        for t in self.transforms:
+            last = self._stages[-1] if self._stages else None
+            if fuse and last and isinstance(t, AffineTransform) and isinstance(last[0], AffineTransform):
+                self._stages[-1].append(t)
+            elif fuse and last and isinstance(t, ToCHW) and len(last) == 1 and isinstance(last[0], Normalize):
+                self._stages[-1].append(t)
+            else:
+                self._stages.append([t])
+
+    def __call__(self, slices: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+        return self._run(slices, rng, stack=False)
+
+    def stack(self, slices: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """The transformed series as one ``[S, …]`` array (a final ``[Normalize, ToCHW]`` writes
+        into it directly, saving a copy of the whole series)."""
+        return self._run(slices, rng, stack=True)
+
+    def _run(self, slices: Sequence[np.ndarray], rng: np.random.Generator, stack: bool):
+        out = list(slices)
+        for n, stage in enumerate(self._stages):
+            last = n == len(self._stages) - 1
+            if stack and last and len(stage) == 2 and isinstance(stage[0], Normalize) and _same_hwc(out):
+                result = np.empty((len(out), out[0].shape[2], *out[0].shape[:2]), np.float32)
+                for i, img in enumerate(out):  # Normalize draws nothing: no random state to consume
+                    stage[0].apply_chw(img, out=result[i])
+                return result
+            if self.per_slice:
+                out = [self._apply(stage, img, [t.sample(rng) for t in stage]) for img in out]
+            else:
+                params = [t.sample(rng) for t in stage]
+                out = [self._apply(stage, img, params) for img in out]
+        return np.stack(out) if stack else out
+
+    def _apply(self, stage: list[Transform], image: np.ndarray, params: list[Any]) -> np.ndarray:
+        if len(stage) == 1:
+            return stage[0].apply(image, params[0])
+        if isinstance(stage[0], Normalize):
+            return stage[0].apply_chw(image)
+        return self._warp_run(image, stage, params)
+
+    def _warp_run(self, image: np.ndarray, run: list[AffineTransform], params: list[Any]) -> np.ndarray:
+        """One warp for the whole run, then zero what an intermediate canvas would have cut."""
+        shape = image.shape[:2]
+        matrices, shapes = [], []
+        for t, p in zip(run, params):
+            matrix, shape = t.affine(p, shape)
+            matrices.append(matrix)
+            shapes.append(tuple(shape))
+        total = np.eye(3)
+        for matrix in matrices:
+            total = matrix @ total
+        out_hw = shapes[-1]
+        out = _warp(image, total[:2], out_hw)
+        mask, suffix = None, np.eye(3)
+        for k in range(len(run) - 2, -1, -1):  # canvases after each stage but the last
+            suffix = suffix @ matrices[k + 1]
+            if run[k].keeps_canvas:
+                continue
+            # The canvas (pixel edges at -0.5 and size - 0.5) maps to a parallelogram in the output.
+            h, w = shapes[k]
+            corners = np.array([[-0.5, -0.5, 1], [w - 0.5, -0.5, 1], [w - 0.5, h - 0.5, 1], [-0.5, h - 0.5, 1]])
+            polygon = np.round((corners @ suffix[:2].T) * 16).astype(np.int32)  # 4 fractional bits
+            inside = np.zeros(out_hw, np.uint8)
+            cv2.fillConvexPoly(inside, polygon, 255, lineType=cv2.LINE_8, shift=4)
+            mask = inside if mask is None else cv2.bitwise_and(mask, inside)
+        if mask is not None:  # a hard edge where the sequential warps blend one pixel into zero
+            out = cv2.bitwise_and(out, out, mask=mask).reshape(out.shape)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Compose(per_slice={self.per_slice}, fuse={self.fuse}, {self.transforms!r})"

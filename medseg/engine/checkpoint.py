@@ -1,0 +1,191 @@
+"""Checkpoints: ``save_dir/iter_N/`` with everything needed to continue a run exactly.
+
+A checkpoint directory holds ``model.pdparams``, ``model.pdopt`` (optimizer, including the
+scheduler) and ``train_state.pkl`` (iteration, scheduler, loss scaler, best score and the RNG
+states of Python, NumPy and Paddle per rank). It is written to a hidden temporary directory and
+renamed into place, so a kill at any moment leaves either the old or the new checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import shutil
+import tempfile
+from typing import Any, Iterable
+
+import numpy as np
+import paddle
+
+from medseg.utils.atomic import atomic_write_json
+from medseg.utils.logger import get_logger
+
+MODEL_FILE = "model.pdparams"
+OPTIMIZER_FILE = "model.pdopt"
+STATE_FILE = "train_state.pkl"
+BEST_DIR = "best_model"
+_ITER_DIR = re.compile(r"^iter_(\d+)$")
+
+logger = get_logger("checkpoint")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing or does not fit; the message names the path."""
+
+
+def capture_rng() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "paddle": paddle.get_rng_state()}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    paddle.set_rng_state(state["paddle"])
+
+
+def _replace_dir(tmp: str, final: str) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then removed."""
+    old = None
+    if os.path.exists(final):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old.", dir=os.path.dirname(final))
+        os.rename(final, os.path.join(old, "d"))
+    os.rename(tmp, final)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_dir(final: str, files: dict[str, Any]) -> str:
+    """Write ``{name: object}`` (paddle.save for tensors' dicts, pickle for ``.pkl``) atomically."""
+    parent = os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp.", dir=parent)
+    try:
+        for name, obj in files.items():
+            path = os.path.join(tmp, name)
+            if name.endswith(".pkl"):
+                with open(path, "wb") as fh:
+                    pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            elif name.endswith(".json"):
+                atomic_write_json(path, obj)
+            else:
+                paddle.save(obj, path)
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _rename_optimizer_state(state: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    """Rename the parameter part of optimizer-state keys (``<param>_velocity_0`` …).
+
+    Paddle keys optimizer state by unique parameter names (``conv2d_3.w_0``), which depend on how
+    many layers a process built before; checkpoints store structural names (``encoder.conv.weight``)
+    instead, so that a resumed run finds its state whatever was built first.
+    """
+    names = sorted(mapping, key=len, reverse=True)  # longest first: no prefix confusions
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if key == "master_weights" and isinstance(value, dict):
+            out[key] = {mapping.get(k, k): v for k, v in value.items()}
+            continue
+        for name in names:
+            if key.startswith(name + "_"):
+                key = mapping[name] + key[len(name):]
+                break
+        out[key] = value
+    return out
+
+
+def optimizer_state_to_save(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer) -> dict[str, Any]:
+    return _rename_optimizer_state(optimizer.state_dict(), {p.name: f"@{n}" for n, p in model.named_parameters()})
+
+
+def optimizer_state_to_load(model: paddle.nn.Layer, state: dict[str, Any]) -> dict[str, Any]:
+    return _rename_optimizer_state(state, {f"@{n}": p.name for n, p in model.named_parameters()})
+
+
+def list_checkpoints(save_dir: str) -> list[tuple[int, str]]:
+    if not os.path.isdir(save_dir):
+        return []
+    found = []
+    for name in os.listdir(save_dir):
+        match = _ITER_DIR.match(name)
+        if match and os.path.isdir(os.path.join(save_dir, name)):
+            found.append((int(match.group(1)), os.path.join(save_dir, name)))
+    return sorted(found)
+
+
+def prune_checkpoints(save_dir: str, keep_max: int, keep_iters: Iterable[int] = ()) -> None:
+    """Keep the last ``keep_max`` ``iter_N`` dirs plus those listed in ``keep_iters``."""
+    if keep_max is None or keep_max <= 0:
+        return
+    keep = set(keep_iters or ())
+    checkpoints = list_checkpoints(save_dir)
+    for iteration, path in checkpoints[:-keep_max]:
+        if iteration not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def save_checkpoint(save_dir: str, iteration: int, model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer,
+                    train_state: dict[str, Any], keep_max: int = 5, keep_iters: Iterable[int] = ()) -> str:
+    """Write ``save_dir/iter_<iteration>/`` atomically and prune older ones."""
+    final = os.path.join(save_dir, f"iter_{iteration}")
+    state = dict(train_state, iteration=iteration)
+    _write_dir(final, {MODEL_FILE: model.state_dict(), OPTIMIZER_FILE: optimizer_state_to_save(model, optimizer),
+                       STATE_FILE: state})
+    prune_checkpoints(save_dir, keep_max, keep_iters)
+    return final
+
+
+def save_best(save_dir: str, model: paddle.nn.Layer, iteration: int, metrics: dict[str, float]) -> str:
+    final = os.path.join(save_dir, BEST_DIR)
+    summary = {"iteration": iteration, **{k: float(v) for k, v in metrics.items() if np.isscalar(v)}}
+    return _write_dir(final, {MODEL_FILE: model.state_dict(), "score.json": summary})
+
+
+def _model_file(path: str) -> str:
+    if os.path.isdir(path):
+        path = os.path.join(path, MODEL_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return path
+
+
+def load_params(path: str, model: paddle.nn.Layer, strict: bool = True) -> str:
+    """Load weights into ``model``; shapes must fit (and, if ``strict``, the keys must match)."""
+    file = _model_file(path)
+    try:
+        params = paddle.load(file)
+    except Exception as err:  # paddle raises several types for a corrupt file
+        raise CheckpointError(f"{file}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+    own = model.state_dict()
+    for key, value in params.items():
+        if key in own and list(own[key].shape) != list(value.shape):
+            raise CheckpointError(f"{file}: {key} has shape {list(value.shape)}, the model built from the config needs {list(own[key].shape)}")
+    missing = [k for k in own if k not in params]
+    unexpected = [k for k in params if k not in own]
+    if strict and (missing or unexpected):
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{file}: does not fit the model ({len(missing)} missing, {len(unexpected)} unexpected keys; {detail})")
+    if not strict and (missing or unexpected):
+        logger.info("%s: loaded %d tensors, %d model tensors not in the file, %d file tensors unused",
+                    file, len(own) - len(missing), len(missing), len(unexpected))
+    model.set_state_dict({k: v for k, v in params.items() if k in own})
+    return file
+
+
+def load_checkpoint(path: str, model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer) -> dict[str, Any]:
+    """Restore model and optimizer from ``iter_N/`` and return its train state."""
+    directory = os.path.dirname(path) if os.path.isfile(path) else path
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+        if not os.path.isfile(os.path.join(directory, name)):
+            raise CheckpointError(f"{os.path.join(directory, name)}: not found (not a complete training checkpoint)")
+    load_params(directory, model, strict=True)
+    optimizer.set_state_dict(optimizer_state_to_load(model, paddle.load(os.path.join(directory, OPTIMIZER_FILE))))
+    with open(os.path.join(directory, STATE_FILE), "rb") as fh:
+        return pickle.load(fh)

@@ -1,0 +1,57 @@
+"""Inference: a trained model over one split → the predictions CSV of docs/design.md (+ metrics)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pandas as pd
+
+from medseg.config import Config
+from medseg.constants import LABELS
+from medseg.engine import checkpoint as ckpt
+from medseg.engine import distributed as dist
+from medseg.engine.evaluator import predict
+from medseg.engine.metrics import WeightedLogLoss
+from medseg.engine.trainer import build_dataset
+from medseg.utils.atomic import atomic_write_csv, atomic_write_json
+from medseg.utils.logger import get_logger
+
+logger = get_logger("infer")
+
+
+def metrics_path(output: str) -> str:
+    """``preds.csv`` → ``preds_metrics.json`` (next to the predictions)."""
+    return f"{os.path.splitext(output)[0]}_metrics.json"
+
+
+def run_inference(cfg: Config, resume_model: str, split: str, output: str, num_workers: int = 0,
+                  multigpu_infer: bool = False, batch_size: int = 1) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """Predict ``split`` with the weights at ``resume_model``; rank 0 writes ``output``.
+
+    With ``multigpu_infer`` under ``paddle.distributed.launch`` each rank predicts a shard and the
+    shards are gathered by series; the CSV is the same as a single process writes.
+    """
+    if not os.path.exists(resume_model):
+        raise ckpt.CheckpointError(f"{resume_model}: checkpoint not found")
+    if multigpu_infer:
+        dist.init_distributed()
+    section = "infer_dataset" if "infer_dataset" in cfg else "val_dataset"
+    dataset = build_dataset(cfg, section, split=split)
+    model = cfg.build("model")
+    ckpt.load_params(resume_model, model, strict=True)
+    logger.info("predicting %s: %d series with %s on %d process(es)", dataset.meta_file if hasattr(dataset, "meta_file") else split,
+                len(dataset), resume_model, dist.get_world_size())
+    frame, labels = predict(model, dataset, batch_size=batch_size, num_workers=num_workers, sharded=dist.is_distributed())
+    metrics = None
+    if getattr(dataset, "labelled", False):
+        metric = cfg.build("metric") if "metric" in cfg else WeightedLogLoss()
+        metrics = metric(labels, frame[list(LABELS)].to_numpy())
+    if dist.is_main():
+        atomic_write_csv(output, frame[["slice_id", "series_id", *LABELS]])
+        logger.info("wrote %d predictions to %s", len(frame), output)
+        if metrics is not None:
+            atomic_write_json(metrics_path(output), metrics)
+            logger.info("metrics saved to %s", metrics_path(output))
+    dist.barrier()
+    return frame, metrics
