@@ -1,0 +1,211 @@
+"""Speed of ``medseg.data.prepare`` against the original method and the pydicom decode floor.
+
+Generates a synthetic Kaggle-layout set (reused across runs), warms the page cache, then times on
+the same files with the same worker count:
+
+- ours: the whole ``prepare`` (header scan, labels, split, windows, crop, cache, meta CSVs);
+- original: header scan to group/sort, then per series SimpleITK ``ReadImage(file list)``, three
+  uint8 windows with the same formula, ``np.savez_compressed`` (the truncated file is left out,
+  it would crash SimpleITK);
+- floor: ``dcmread`` + ``pixel_array`` + ``apply_modality_lut`` per file, nothing written (the
+  truncated file is left out here too).
+
+It also prints the peak RSS of a fresh worker process building one 80-slice series.
+Targets: ours >= 3x original, ours >= 0.6x floor, peak RSS < 1 GiB. Wall time on a shared
+machine is noisy, so each method runs ``--repeats`` times interleaved (best counts) and CPU time
+(process + workers) is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+from pydicom.pixels import apply_modality_lut  # noqa: E402
+
+import medseg.dicom  # noqa: E402,F401  (relaxed UID validation)
+from medseg.constants import DEFAULT_WINDOWS, TEST_DIR, TRAIN_DIR  # noqa: E402
+from medseg.data.prepare import list_dicom_files, prepare  # noqa: E402
+from medseg.data.synthetic import generate_cohort  # noqa: E402
+from medseg.utils.logger import setup_logger  # noqa: E402
+
+
+def _floor_one(path: str) -> int:
+    ds = pydicom.dcmread(path)
+    return int(apply_modality_lut(ds.pixel_array, ds).size > 0)
+
+
+def _original_header(path: str):
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return ds.SeriesInstanceUID, float(ds.ImagePositionPatient[2]), path
+    except Exception:
+        return None
+
+
+def _original_series(task) -> int:
+    """The original method for one series: SimpleITK volume read, windows, compressed npz."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # one core per worker, like ours
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "non uniform sampling" where a file is left out
+    files, out_path = task
+    volume = sitk.GetArrayFromImage(sitk.ReadImage(files)).astype(np.float32)
+    channels = {}
+    for centre, width in DEFAULT_WINDOWS:
+        lo, hi = centre - width // 2, centre + width // 2
+        channels[f"w{centre}_{width}"] = np.clip((volume - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    np.savez_compressed(out_path, **channels)
+    return len(files)
+
+
+def _cpu_seconds() -> float:
+    """User + system time of this process and its finished children (the pool workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_floor(files: list[str], workers: int) -> float:
+    start = time.perf_counter()
+    with mp.get_context("fork").Pool(workers) as pool:
+        sum(pool.imap_unordered(_floor_one, files, chunksize=16))
+    return time.perf_counter() - start
+
+
+def run_original(files: list[str], out: str, workers: int, skip: set[str]) -> float:
+    os.makedirs(out, exist_ok=True)
+    start = time.perf_counter()
+    with mp.get_context("fork").Pool(workers) as pool:
+        series = defaultdict(list)
+        for item in pool.imap_unordered(_original_header, files, chunksize=32):
+            if item is not None and item[2] not in skip:
+                series[item[0]].append(item[1:])
+        tasks = [([p for _, p in sorted(v)], os.path.join(out, f"{k}.npz")) for k, v in sorted(series.items())]
+        sum(pool.imap_unordered(_original_series, tasks))
+    return time.perf_counter() - start
+
+
+def run_ours(raw: str, out: str, workers: int) -> float:
+    start = time.perf_counter()
+    prepare(raw, out, workers=workers, val_fraction=0.2, seed=0)
+    return time.perf_counter() - start
+
+
+def _rss_child(raw: str, out: str, queue) -> None:
+    """A fresh process doing exactly a worker's job on one series: header scan, order, build."""
+    import glob
+
+    from medseg.data.prepare import _scan_one, _task_for
+    from medseg.data.series_volume import process_series
+    from medseg.dicom.header import SliceHeader
+    from medseg.dicom.series import group_series
+
+    paths = sorted(glob.glob(os.path.join(raw, TRAIN_DIR, "*.dcm")) + glob.glob(os.path.join(raw, TEST_DIR, "*.dcm")))
+    headers = [h for h in map(_scan_one, paths) if isinstance(h, SliceHeader)]  # the truncated file is skipped
+    series = max(group_series(headers)[0], key=lambda s: len(s.slices))
+    before = _peak_rss_mib()
+    record = process_series(_task_for(series, raw), out, DEFAULT_WINDOWS)
+    queue.put((_peak_rss_mib(), before, len(record["slice_ids"])))
+
+
+def _peak_rss_mib() -> float:
+    """VmHWM of this process (ru_maxrss would include the parent's peak from before exec)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_rss_80_slices(work: str, size: int) -> tuple[float, float, int]:
+    """(peak RSS, RSS before the series, slices) in MiB of a fresh process building one series."""
+    raw = os.path.join(work, f"rss_{size}")
+    generate_cohort(raw, 2, seed=1, size=size, test_fraction=0.5, n_slices=80)
+    out = os.path.join(work, "rss_out")
+    shutil.rmtree(out, ignore_errors=True)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_rss_child, args=(raw, out, queue))
+    proc.start()
+    while True:  # a child that dies must not leave the bench waiting forever
+        try:
+            value = queue.get(timeout=1.0)
+            break
+        except Exception:
+            if not proc.is_alive():
+                raise RuntimeError(f"RSS probe exited with code {proc.exitcode}") from None
+    proc.join()
+    shutil.rmtree(out, ignore_errors=True)
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=20)
+    parser.add_argument("--slices", type=int, default=32)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions; the best time counts")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "medseg_prepare_bench"),
+                        help="folder for the generated set (kept and reused) and the outputs (deleted)")
+    args = parser.parse_args()
+    setup_logger(level=40)  # errors only: the bench prints its own table
+    raw = os.path.join(args.work, f"raw_{args.series}x{args.slices}_{args.size}")
+    print(f"generating/reusing {args.series} series x {args.slices} slices at {args.size}^2 in {raw}", flush=True)
+    cohort = generate_cohort(raw, args.series, seed=0, size=args.size, test_fraction=0.2, workers=args.workers, n_slices=args.slices)
+    found = list_dicom_files(raw)
+    files = found.get("train", []) + found.get("test", [])
+    for path in files:  # warm the page cache so every method reads from memory
+        with open(path, "rb") as fh:
+            fh.read()
+    truncated = {os.path.join(raw, cohort["truncated_file"])}
+    outs = {name: os.path.join(args.work, f"out_{name}") for name in ("ours", "original")}
+    for path in outs.values():
+        shutil.rmtree(path, ignore_errors=True)
+    n = len(files)
+    good = [f for f in files if f not in truncated]
+    runs = {
+        "floor": lambda: run_floor(good, args.workers),
+        "original": lambda: run_original(files, outs["original"], args.workers, truncated),
+        "ours": lambda: run_ours(raw, outs["ours"], args.workers),
+    }
+    wall, cpu = defaultdict(list), defaultdict(list)
+    for _ in range(args.repeats):  # interleaved, best of N: the machine is shared
+        for name, run in runs.items():
+            if name in outs:  # ours must not reuse the previous repetition's cache
+                shutil.rmtree(outs[name], ignore_errors=True)
+            before = _cpu_seconds()
+            wall[name].append(run())
+            cpu[name].append(_cpu_seconds() - before)
+    seconds = {name: min(v) for name, v in wall.items()}
+    cpu_seconds = {name: min(v) for name, v in cpu.items()}
+    rss, baseline, rss_slices = peak_rss_80_slices(args.work, args.size)
+    for path in outs.values():
+        shutil.rmtree(path, ignore_errors=True)
+    print(f"\n{n} files ({args.series} series x {args.slices} slices, {args.size}x{args.size}), {args.workers} workers")
+    print(f"{'method':<46}{'wall s':>8}{'slices/s':>10}{'CPU s':>8}{'slices/CPU s':>14}")
+    labels = {"ours": "ours (medseg.data.prepare, whole run)", "original": "original (SimpleITK + savez_compressed)",
+              "floor": "floor (dcmread + pixel_array + modality LUT)"}
+    for name in ("ours", "original", "floor"):
+        print(f"{labels[name]:<46}{seconds[name]:>8.2f}{n / seconds[name]:>10.0f}{cpu_seconds[name]:>8.2f}{n / cpu_seconds[name]:>14.0f}")
+    for other, target in (("original", 3.0), ("floor", 0.6)):
+        print(f"ours / {other:<9} wall {seconds[other] / seconds['ours']:.2f}x, CPU {cpu_seconds[other] / cpu_seconds['ours']:.2f}x "
+              f"(target >= {target})")
+    print(f"peak RSS of one worker process, {rss_slices}-slice {args.size}^2 series: {rss:.0f} MiB "
+          f"(imports and header scan alone: {baseline:.0f} MiB; target < 1024)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""``python -m medseg.data.prepare``: Kaggle layout → meta tables + windowed series cache.
+
+Steps: header scan (parallel) → label table and file/label check → series assembly → patient
+folds → per-series cache (parallel, resumable) → ``{train,val,test}_meta.csv`` and
+``prepare_errors.csv`` → printed summary. A bad file is recorded and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from medseg.constants import DEFAULT_WINDOWS, LABELS, TEST_DIR, TRAIN_CSV, TRAIN_DIR
+from medseg.data import cache as cache_io
+from medseg.data.kaggle_tables import MismatchReport, label_file_mismatch, read_label_table
+from medseg.data.series_volume import SeriesTask, process_series
+from medseg.data.split import assign_folds
+from medseg.data.windows import Window, format_windows, parse_windows
+from medseg.dicom.errors import DicomReadError
+from medseg.dicom.header import SliceHeader, read_header
+from medseg.dicom.series import Series, group_series
+from medseg.utils.atomic import atomic_write_csv
+from medseg.utils.logger import get_logger
+
+logger = get_logger("data.prepare")
+
+META_COLUMNS = (
+    ["slice_id", "series_id", "study_id", "patient_id", "slice_idx", "position", "spacing"]
+    + list(LABELS)
+    + ["fold", "crop_y0", "crop_y1", "crop_x0", "crop_x1", "cache"]
+)
+ERROR_COLUMNS = ["file", "series_id", "reason"]
+ERRORS_CSV = "prepare_errors.csv"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class PrepareSummary:
+    series: dict[str, int] = field(default_factory=dict)
+    slices: dict[str, int] = field(default_factory=dict)
+    prevalence: dict[str, dict[str, float]] = field(default_factory=dict)
+    errors: Counter = field(default_factory=Counter)
+    mismatch: MismatchReport | None = None
+    reused: int = 0
+
+    def format(self) -> str:
+        lines = ["split   series   slices  " + "  ".join(f"{name[:8]:>8}" for name in LABELS)]
+        for split in SPLITS:
+            prev = self.prevalence.get(split, {})
+            cells = "  ".join(f"{prev[n]:8.3f}" if n in prev and np.isfinite(prev[n]) else f"{'-':>8}" for n in LABELS)
+            lines.append(f"{split:<6} {self.series.get(split, 0):>7} {self.slices.get(split, 0):>8}  {cells}")
+        lines.append(f"errors: {sum(self.errors.values())} files (details in prepare_errors.csv)" + "".join(f"\n  {n:>6}  {kind}" for kind, n in sorted(self.errors.items())))
+        if self.mismatch is not None:
+            lines.append(f"labels vs files: {self.mismatch.summary()}")
+        lines.append(f"series reused from an earlier run: {self.reused}")
+        return "\n".join(lines)
+
+
+def _init_worker() -> None:
+    """Pool initializer. On Linux a worker gets SIGKILL when prepare is killed, so a killed run
+    leaves no orphan writing into the output folder while the rerun starts. One OpenCV thread per
+    worker: the workers already fill the cores."""
+    cv2.setNumThreads(1)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent
+
+
+def _parallel_map(func: Callable, items: list, workers: int, desc: str, unit: str, chunksize: int = 1) -> Iterator:
+    """Ordered-by-completion map with a progress bar; in-process when ``workers`` <= 1."""
+    bar = tqdm(total=len(items), desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5)
+    try:
+        if workers <= 1 or len(items) <= 1:
+            for item in items:
+                yield func(item)
+                bar.update()
+            return
+        with mp.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+            for result in pool.imap_unordered(func, items, chunksize=chunksize):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+def _scan_one(path: str) -> SliceHeader | DicomReadError:
+    try:
+        return read_header(path)
+    except DicomReadError as exc:
+        return exc
+    except Exception as exc:  # never let one odd header stop a 750k-file scan
+        return DicomReadError(path, f"unexpected {type(exc).__name__}: {exc}")
+
+
+def list_dicom_files(raw_root: str) -> dict[str, list[str]]:
+    """``{"train": [...], "test": [...]}`` absolute paths under the Kaggle stage folders."""
+    found = {}
+    for split, folder in (("train", TRAIN_DIR), ("test", TEST_DIR)):
+        directory = os.path.join(raw_root, folder)
+        if os.path.isdir(directory):
+            with os.scandir(directory) as entries:
+                found[split] = sorted(e.path for e in entries if e.name.lower().endswith(".dcm") and e.is_file())
+    if not found:
+        raise FileNotFoundError(f"{raw_root}: neither {TRAIN_DIR}/ nor {TEST_DIR}/ found")
+    return found
+
+
+def _task_for(series: Series, raw_root: str) -> SeriesTask:
+    return SeriesTask(
+        series_id=series.series_id,
+        study_id=series.study_id,
+        patient_id=series.patient_id,
+        raw_root=raw_root,
+        files=tuple(os.path.relpath(s.path, raw_root) for s in series.slices),
+        slice_ids=tuple(s.slice_id for s in series.slices),
+        positions=tuple(float(p) for p in series.positions),
+        spacing=series.spacing,
+        rows=series.shape[0],
+        cols=series.shape[1],
+        slices=tuple(series.slices),
+    )
+
+
+def _series_labels(meta: pd.DataFrame) -> pd.DataFrame:
+    grouped = meta.groupby("series_id")
+    frame = grouped[list(LABELS)].max()
+    frame["patient_id"] = grouped["patient_id"].first()
+    return frame
+
+
+def _meta_rows(record: dict, labels: pd.DataFrame | None) -> pd.DataFrame:
+    count = len(record["slice_ids"])
+    crops = np.asarray(record["crops"], dtype=np.int64).reshape(count, 4)
+    frame = pd.DataFrame(
+        {
+            "slice_id": record["slice_ids"],
+            "series_id": record["series_id"],
+            "study_id": record["study_id"],
+            "patient_id": record["patient_id"],
+            "slice_idx": np.arange(count),
+            "position": np.asarray(record["positions"], dtype=np.float64),
+            "spacing": float(record["spacing"]),
+        }
+    )
+    if labels is not None:
+        frame[list(LABELS)] = labels.reindex(frame["slice_id"]).to_numpy()
+    else:
+        frame[list(LABELS)] = np.nan
+    frame["fold"] = -1
+    for j, name in enumerate(("crop_y0", "crop_y1", "crop_x0", "crop_x1")):
+        frame[name] = crops[:, j]
+    frame["cache"] = record["cache"]
+    return frame
+
+
+ErrorRow = tuple[str, str, str, str]  # file (relative to raw_root), series_id, reason, error kind
+
+
+def _scan_headers(files: dict[str, list[str]], raw_root: str, workers: int, errors: list[ErrorRow]) -> dict[str, list[SliceHeader]]:
+    headers: dict[str, list[SliceHeader]] = {}
+    for split, paths in files.items():
+        headers[split] = []
+        for result in _parallel_map(_scan_one, paths, workers, f"scan {split}", "file", chunksize=64):
+            if isinstance(result, DicomReadError):
+                errors.append((os.path.relpath(result.path, raw_root), result.series_id, result.reason, type(result).__name__))
+            else:
+                headers[split].append(result)
+    return headers
+
+
+def _read_labels(raw_root: str, files: dict[str, list[str]], headers: dict[str, list[SliceHeader]], summary: PrepareSummary,
+                 errors: list[ErrorRow]) -> pd.DataFrame | None:
+    """The label table; train files without label rows are reported and left out."""
+    if "train" not in files:
+        return None
+    csv_path = os.path.join(raw_root, TRAIN_CSV)
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"{csv_path}: label table missing for {TRAIN_DIR}/")
+    labels = read_label_table(csv_path)
+    summary.mismatch = label_file_mismatch(labels.index, (os.path.splitext(os.path.basename(p))[0] for p in files["train"]))
+    if not summary.mismatch.ok:
+        logger.warning("labels vs files: %s", summary.mismatch.summary())
+    labelled = set(labels.index)
+    errors.extend((os.path.relpath(h.path, raw_root), h.series_id, f"no label rows in {TRAIN_CSV}", "UnlabelledFile")
+                  for h in headers["train"] if h.slice_id not in labelled)
+    headers["train"] = [h for h in headers["train"] if h.slice_id in labelled]
+    return labels
+
+
+def _plan_tasks(headers: dict[str, list[SliceHeader]], raw_root: str, errors: list[ErrorRow]) -> list[tuple[str, SeriesTask]]:
+    """Assemble series per split; one task per series, each with its own cache name."""
+    tasks: list[tuple[str, SeriesTask]] = []
+    taken: set[str] = set()
+    for split in ("train", "test"):
+        series_list, assembly_errors = group_series(headers.get(split, []))
+        series_of = {h.path: h.series_id for h in headers.get(split, [])}
+        errors.extend((os.path.relpath(e.path, raw_root), series_of.get(e.path, ""), e.reason, type(e).__name__) for e in assembly_errors)
+        for series in series_list:
+            name = cache_io.safe_name(series.series_id)
+            if name in taken:
+                errors.extend((os.path.relpath(s.path, raw_root), series.series_id, "series id also used in the other split", "SeriesIdClash")
+                              for s in series.slices)
+                continue
+            taken.add(name)
+            tasks.append((split, _task_for(series, raw_root)))
+    return tasks
+
+
+def _write_tables(dataset_root: str, train: pd.DataFrame, test: pd.DataFrame, val_fraction: float, seed: int, val_fold: int,
+                  summary: PrepareSummary) -> None:
+    if len(train):
+        folds = assign_folds(_series_labels(train), val_fraction, seed)
+        if val_fold not in set(folds):
+            raise ValueError(f"--val_fold {val_fold}: folds are 0..{folds.max()}")
+        train["fold"] = train["series_id"].map(folds).astype(int)
+    outputs = {"train": train[train["fold"] != val_fold], "val": train[train["fold"] == val_fold], "test": test}
+    for split, frame in outputs.items():
+        frame = frame[META_COLUMNS].sort_values(["series_id", "slice_idx"], kind="stable")
+        atomic_write_csv(os.path.join(dataset_root, f"{split}_meta.csv"), frame)
+        summary.series[split] = int(frame["series_id"].nunique())
+        summary.slices[split] = len(frame)
+        summary.prevalence[split] = {n: float(frame[n].mean()) if len(frame) else float("nan") for n in LABELS}
+
+
+def prepare(
+    raw_root: str,
+    dataset_root: str,
+    workers: int = 1,
+    val_fraction: float = 0.1,
+    seed: int = 42,
+    windows: tuple[Window, ...] = DEFAULT_WINDOWS,
+    val_fold: int = 0,
+) -> PrepareSummary:
+    """Run the whole preparation; safe to rerun (finished series are reused)."""
+    raw_root, dataset_root = os.path.abspath(raw_root), os.path.abspath(dataset_root)
+    cache_dir = os.path.join(dataset_root, cache_io.CACHE_DIR)
+    os.makedirs(cache_dir, exist_ok=True)
+    cache_io.remove_stale_temporaries(cache_dir)
+    cache_io.remove_stale_temporaries(dataset_root, [f"{split}_meta.csv" for split in SPLITS] + [ERRORS_CSV])
+    summary = PrepareSummary()
+    errors: list[ErrorRow] = []
+
+    files = list_dicom_files(raw_root)
+    headers = _scan_headers(files, raw_root, workers, errors)
+    labels = _read_labels(raw_root, files, headers, summary, errors)
+    tasks = _plan_tasks(headers, raw_root, errors)
+
+    # Longest series first keeps the workers busy until the end.
+    order = [task for _, task in sorted(tasks, key=lambda st: (-len(st[1].files), st[1].series_id))]
+    split_of = {task.series_id: split for split, task in tasks}
+    run = partial(process_series, dataset_root=dataset_root, windows=tuple(windows))
+    frames: dict[str, list[pd.DataFrame]] = {"train": [], "test": []}
+    for record in _parallel_map(run, order, workers, "cache", "series"):
+        summary.reused += bool(record.get("reused"))
+        errors.extend((f, record["series_id"], reason, kind) for f, reason, kind in record["errors"])
+        if record["slice_ids"]:
+            split = split_of[record["series_id"]]
+            frames[split].append(_meta_rows(record, labels if split == "train" else None))
+
+    train, test = (pd.concat(frames[s], ignore_index=True) if frames[s] else pd.DataFrame(columns=META_COLUMNS) for s in ("train", "test"))
+    _write_tables(dataset_root, train, test, val_fraction, seed, val_fold, summary)
+    errors = sorted(set(errors))
+    atomic_write_csv(os.path.join(dataset_root, ERRORS_CSV), pd.DataFrame([e[:3] for e in errors], columns=ERROR_COLUMNS))
+    summary.errors = Counter(e[3] for e in errors)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m medseg.data.prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("--raw_root", required=True, help=f"folder holding {TRAIN_DIR}/, {TEST_DIR}/ and {TRAIN_CSV}")
+    parser.add_argument("--dataset_root", required=True, help="output folder (meta CSVs, cache/, prepare_errors.csv)")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
+    parser.add_argument("--val_fraction", type=float, default=0.1, help="share of patients in val (folds = 1/val_fraction)")
+    parser.add_argument("--val_fold", type=int, default=0, help="which fold is written as val_meta.csv")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--windows", default=format_windows(DEFAULT_WINDOWS), help="CENTRE/WIDTH,... in HU")
+    return parser
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = build_parser().parse_args(None if argv is None else list(argv))
+    try:
+        windows = parse_windows(args.windows)
+    except ValueError as exc:
+        build_parser().error(f"--windows: {exc}")
+    summary = prepare(args.raw_root, args.dataset_root, args.workers, args.val_fraction, args.seed, windows, args.val_fold)
+    print(summary.format())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Build one series' cache entry: decode each slice, window it, find its crop box.
+
+Runs inside a prepare worker. Windowing goes through a lookup table indexed by the stored 16-bit
+word (bit masking, modality LUT, 12-bit fix, padding and all windows folded into one gather),
+which is exact (each entry is the reference formula on that word's HU) and several times faster
+than recomputing the float formula per pixel.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from medseg.data import cache as cache_io
+from medseg.data.crop import crop_box
+from medseg.data.windows import Window, apply_windows, format_windows
+from medseg.dicom.errors import DicomReadError
+from medseg.dicom.header import SliceHeader
+from medseg.dicom.modality import ModalityParams, WordLayout, modality_params, raw_to_hu, word_values
+from medseg.dicom.pixels import read_native_words, read_words
+
+
+@dataclass(frozen=True)
+class SeriesTask:
+    """Everything a worker needs, picklable and small. Per-slice tuples are in head-to-foot order.
+
+    ``slices`` (the scan's headers) is optional: with it, native pixel data are read at the
+    offsets the scan found, without a second pydicom parse; without it every file is decoded
+    by pydicom from ``files``.
+    """
+
+    series_id: str
+    study_id: str
+    patient_id: str
+    raw_root: str
+    files: tuple[str, ...]  # relative to raw_root
+    slice_ids: tuple[str, ...]
+    positions: tuple[float, ...]
+    spacing: float
+    rows: int
+    cols: int
+    slices: tuple[SliceHeader, ...] | None = None
+
+    def inputs(self) -> list[list]:
+        """Fingerprint of the inputs: a cached series is reused only if these are unchanged."""
+        return [[f, os.path.getsize(os.path.join(self.raw_root, f))] for f in self.files]
+
+
+@lru_cache(maxsize=64)
+def word_lut(params: ModalityParams, layout: WordLayout, windows: tuple[Window, ...]) -> np.ndarray:
+    """``[2**word_bits, C]`` uint8: the windows of every possible stored word, each entry computed
+    with the reference formula on that word's HU (so the table is exact, not an approximation)."""
+    words = np.arange(2**layout.word_bits, dtype=np.uint16 if layout.word_bits == 16 else np.uint8)
+    return apply_windows(raw_to_hu(word_values(words, layout), params), windows)
+
+
+@lru_cache(maxsize=64)
+def _packed_lut(params: ModalityParams, layout: WordLayout, windows: tuple[Window, ...]) -> np.ndarray:
+    """The 3-window table packed into uint32 (4th byte unused): a 4-byte gather is ~3x faster
+    than numpy's gather of 3-byte rows."""
+    packed = np.zeros((2**layout.word_bits, 4), dtype=np.uint8)
+    packed[:, :3] = word_lut(params, layout, windows)
+    return packed.view(np.uint32).reshape(-1)
+
+
+def window_words(words: np.ndarray, params: ModalityParams, layout: WordLayout, windows: tuple[Window, ...], out: np.ndarray,
+                 scratch: np.ndarray | None = None) -> None:
+    """Stored words → ``out[H, W, C]`` uint8 windows (one table gather per slice). ``scratch``
+    (uint32, shape of ``words``) lets a caller reuse the gather buffer across slices."""
+    if len(windows) == 3:
+        if scratch is None:
+            scratch = np.empty(words.shape, dtype=np.uint32)
+        # mode="clip" never clips here (every word indexes the table) but lets numpy gather
+        # straight into ``scratch`` without its bounds-checking buffer.
+        np.take(_packed_lut(params, layout, windows), words, out=scratch, mode="clip")
+        # Dropping the 4th byte of each pixel is what OpenCV's BGRA→BGR does, vectorised.
+        cv2.cvtColor(scratch.view(np.uint8).reshape(*words.shape, 4), cv2.COLOR_BGRA2BGR, dst=out)
+    else:
+        np.take(word_lut(params, layout, windows), words, axis=0, out=out)
+
+
+def _slice_words(path: str, header: SliceHeader | None) -> tuple[np.ndarray, ModalityParams, WordLayout]:
+    """Pixel words of one slice: straight from disk when the scan located native data."""
+    if header is not None and header.pixel_offset is not None and header.layout is not None:
+        words = read_native_words(path, header.pixel_offset, header.rows, header.cols, header.layout)
+        return words, header.modality, header.layout
+    ds, words, layout = read_words(path)
+    return words, modality_params(ds), layout
+
+
+def build_volume(task: SeriesTask, windows: tuple[Window, ...]) -> tuple[np.ndarray, list[int], list[tuple[int, int, int, int]], list[tuple[str, str, str]]]:
+    """Decode and window every slice. Returns (volume of the kept slices, kept indices, crop
+    boxes, errors as (file, reason, error class)). A bad slice is dropped and reported, never raised."""
+    rows, cols = task.rows, task.cols
+    volume = np.empty((len(task.files), rows, cols, len(windows)), dtype=np.uint8)
+    scratch = np.empty((rows, cols), dtype=np.uint32)
+    tissue_channel = int(np.argmax([w for _, w in windows]))  # widest window: all soft tissue
+    kept, crops, errors = [], [], []
+    headers = task.slices or (None,) * len(task.files)
+    for index, (rel, header) in enumerate(zip(task.files, headers)):
+        path = os.path.join(task.raw_root, rel)
+        try:
+            words, params, layout = _slice_words(path, header)
+            if words.shape != (rows, cols):
+                raise DicomReadError(path, f"decoded size {words.shape} differs from the series size {(rows, cols)}")
+            out = volume[len(kept)]
+            window_words(words, params, layout, windows, out, scratch)
+        except DicomReadError as exc:
+            errors.append((rel, exc.reason, type(exc).__name__))
+            continue
+        except Exception as exc:  # a file pydicom chokes on in an unforeseen way must not stop the run
+            errors.append((rel, f"unexpected {type(exc).__name__}: {exc}", "UnexpectedError"))
+            continue
+        crops.append(crop_box(cv2.extractChannel(out, tissue_channel)))
+        kept.append(index)
+    return volume[: len(kept)], kept, crops, errors
+
+
+def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, ...]) -> dict:
+    """Build (or reuse, if complete and valid) one series' cache; returns its record."""
+    rel, npy_path, record_path = cache_io.cache_paths(dataset_root, task.series_id)
+    inputs = task.inputs()
+    window_text = format_windows(windows)
+    record = cache_io.read_valid_record(npy_path, record_path, inputs, window_text)
+    if record is not None:
+        record["reused"] = True
+        return record
+    volume, kept, crops, errors = build_volume(task, windows)
+    record = {
+        "series_id": task.series_id,
+        "study_id": task.study_id,
+        "patient_id": task.patient_id,
+        "cache": rel if kept else "",
+        "windows": window_text,
+        "inputs": inputs,
+        "shape": list(volume.shape),
+        "slice_ids": [task.slice_ids[i] for i in kept],
+        "positions": [task.positions[i] for i in kept],
+        "spacing": task.spacing,
+        "crops": [list(c) for c in crops],
+        "errors": [list(e) for e in errors],
+    }
+    cache_io.write_series(npy_path, record_path, volume if kept else None, record)
+    record["reused"] = False
+    return record

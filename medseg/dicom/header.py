@@ -1,0 +1,202 @@
+"""Header scan: everything needed to group and order slices, without reading the pixels.
+
+The scan parses each file once with pydicom, deferring every large value (in practice only
+PixelData): its bytes are skipped, not read, which keeps a 460 GB scan I/O-light, and its offset
+is recorded. For native little-endian data a worker then reads the pixel bytes at that offset
+without a second pydicom parse, which halves the per-slice parsing cost of prepare. Missing,
+short or undecodable PixelData is already reported here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+
+from medseg.dicom import pydicom_setup  # noqa: F401  (relaxed UID validation for ID_<hex>)
+from medseg.dicom.errors import (
+    DicomReadError,
+    MissingPixelDataError,
+    MissingTagError,
+    NotCTError,
+    NotDicomError,
+    TruncatedFileError,
+    TruncatedPixelDataError,
+    UnsupportedImageError,
+    UnsupportedTransferSyntaxError,
+)
+from medseg.dicom.modality import ModalityParams, WordLayout, modality_params, word_layout
+
+# Values longer than this are skipped by the scan, their file offset kept (PixelData, in practice).
+DEFER_BYTES = 256
+PIXEL_DATA = 0x7FE00010
+# Uncompressed little-endian transfer syntaxes: pixel bytes on disk are the pixel words.
+NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+
+@dataclass(frozen=True, slots=True)  # slots: ~750k of these live in the parent during a real run
+class SliceHeader:
+    """One CT slice as seen by the header scan. Geometry fields are None when absent."""
+
+    path: str
+    slice_id: str  # file stem: the Kaggle ID (= SOPInstanceUID in RSNA data)
+    series_id: str
+    study_id: str
+    patient_id: str
+    rows: int
+    cols: int
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, float, float, float, float, float] | None
+    instance_number: int | None
+    slice_thickness: float | None
+    window_center: float | None
+    window_width: float | None
+    transfer_syntax: str
+    modality: ModalityParams = ModalityParams()  # stored value → HU
+    layout: WordLayout | None = None  # set with pixel_offset: how to read the native pixel words
+    pixel_offset: int | None = None  # file offset of native PixelData; None → decode with pydicom
+
+
+def first_value(value: Any) -> float | None:
+    """WindowCenter/Width may be multi-valued (take the first), empty or absent (None)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        if len(value) == 0:
+            return None
+        value = value[0]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(value: Any, count: int) -> tuple[float, ...] | None:
+    """A multi-valued DS as floats, or None when absent or of the wrong length."""
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == count else None
+
+
+def read_dataset(path: str, stop_before_pixels: bool = False, defer_size: int | None = None) -> pydicom.Dataset:
+    """``dcmread`` with its failures turned into typed errors naming the file."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise NotDicomError(path, "empty file (0 bytes)")
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
+    except DicomReadError:
+        raise
+    except InvalidDicomError as exc:
+        raise NotDicomError(path, f"not a DICOM file ({exc})") from None
+    except EOFError as exc:
+        raise TruncatedFileError(path, f"file ends inside a DICOM element ({exc})") from None
+    except OSError as exc:
+        raise DicomReadError(path, f"cannot read file ({type(exc).__name__}: {exc})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        # Garbage that passes the preamble check surfaces as one of these while parsing elements.
+        raise NotDicomError(path, f"cannot parse as DICOM ({type(exc).__name__}: {exc})") from None
+
+
+def check_ct_slice(ds: pydicom.Dataset, path: str) -> None:
+    """Reject what is not a single greyscale CT slice, with the reason."""
+    modality = str(ds.get("Modality", "") or "")
+    if modality != "CT":
+        raise NotCTError(path, f"Modality is {modality!r}, expected 'CT'" if modality else "Modality missing")
+    frames = ds.get("NumberOfFrames", 1)
+    try:
+        frames = int(frames or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    if frames != 1:
+        raise UnsupportedImageError(path, f"multi-frame image ({frames} frames), expected one CT slice")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if samples != 1 or not photometric.startswith("MONOCHROME"):
+        raise UnsupportedImageError(path, f"colour image (SamplesPerPixel={samples}, {photometric}), expected greyscale")
+    for keyword in ("Rows", "Columns", "BitsAllocated"):
+        if ds.get(keyword) is None:
+            raise MissingTagError(path, f"{keyword} missing")
+
+
+def check_transfer_syntax(ds: pydicom.Dataset, path: str) -> None:
+    """Raise if no installed pydicom handler can decode this file's pixel data."""
+    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if not tsyntax:
+        return
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise UnsupportedTransferSyntaxError(path, f"no pixel data decoder for transfer syntax {tsyntax.name} ({tsyntax})") from None
+    if not decoder.is_available:
+        raise UnsupportedTransferSyntaxError(path, f"transfer syntax {tsyntax.name} needs a decoder plugin that is not installed")
+
+
+def locate_pixels(ds: pydicom.Dataset, path: str) -> tuple[int | None, WordLayout | None]:
+    """Check PixelData without reading it; return ``(offset, layout)`` of native pixel words, or
+    ``(None, None)`` when pydicom must decode them (compressed, big-endian, unusual layouts)."""
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if element is None:
+        raise MissingPixelDataError(path, "no PixelData element")
+    check_transfer_syntax(ds, path)
+    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    allocated = int(ds.BitsAllocated)
+    if tsyntax not in NATIVE_LITTLE_ENDIAN or allocated not in (8, 16) or not isinstance(element, pydicom.dataelem.RawDataElement):
+        return None, None
+    expected = int(ds.Rows) * int(ds.Columns) * allocated // 8
+    if element.length < expected:
+        raise TruncatedPixelDataError(path, f"PixelData has {element.length} bytes, {ds.Rows}x{ds.Columns}x{allocated} bits needs {expected}")
+    on_disk = os.path.getsize(path) - element.value_tell
+    if on_disk < expected:
+        raise TruncatedPixelDataError(path, f"file ends {max(on_disk, 0)} bytes into PixelData, {expected} needed")
+    return element.value_tell, word_layout(ds)
+
+
+def read_header(path: str) -> SliceHeader:
+    """Scan one file's header; raise a :class:`DicomReadError` subclass if it is unusable."""
+    path = str(path)
+    ds = read_dataset(path, stop_before_pixels=False, defer_size=DEFER_BYTES)
+    series_id = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    try:
+        check_ct_slice(ds, path)
+        offset, layout = locate_pixels(ds, path)
+        ids = {}
+        for field, keyword in (("series_id", "SeriesInstanceUID"), ("study_id", "StudyInstanceUID"), ("patient_id", "PatientID")):
+            value = str(ds.get(keyword, "") or "").strip()
+            if not value:
+                raise MissingTagError(path, f"{keyword} missing")
+            ids[field] = value
+    except DicomReadError as exc:
+        exc.series_id = series_id
+        raise
+    instance = ds.get("InstanceNumber")
+    try:
+        instance = int(instance) if instance not in (None, "") else None
+    except (TypeError, ValueError):
+        instance = None
+    thickness = ds.get("SliceThickness")
+    tsyntax = ds.file_meta.get("TransferSyntaxUID", "") if hasattr(ds, "file_meta") else ""
+    return SliceHeader(
+        path=path,
+        slice_id=os.path.splitext(os.path.basename(path))[0],
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+        position=_floats(ds.get("ImagePositionPatient"), 3),
+        orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+        instance_number=instance,
+        slice_thickness=first_value(thickness),
+        window_center=first_value(ds.get("WindowCenter")),
+        window_width=first_value(ds.get("WindowWidth")),
+        transfer_syntax=str(tsyntax),
+        modality=modality_params(ds),
+        layout=layout,
+        pixel_offset=offset,
+        **ids,
+    )

@@ -1,0 +1,184 @@
+"""prepare end to end on a pydicom-written cohort: meta tables, cache, errors, resume, kill -9."""
+
+from __future__ import annotations
+
+import filecmp
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prepare_cohort import make_cohort
+from medseg.constants import DEFAULT_WINDOWS, LABELS
+from medseg.data.cache import read_valid_record, safe_name
+from medseg.data.prepare import META_COLUMNS, main, prepare
+from medseg.data.windows import apply_windows
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    base = tmp_path_factory.mktemp("prep")
+    raw, out = str(base / "raw"), str(base / "out")
+    cohort = make_cohort(raw)
+    summary = prepare(raw, out, workers=2, val_fraction=0.34, seed=7)
+    return cohort, raw, out, summary
+
+
+def _meta(out):
+    return {split: pd.read_csv(os.path.join(out, f"{split}_meta.csv")) for split in ("train", "val", "test")}
+
+
+def test_meta_tables_follow_the_contract(prepared):
+    cohort, raw, out, summary = prepared
+    metas = _meta(out)
+    for frame in metas.values():
+        assert list(frame.columns) == META_COLUMNS
+        assert frame.equals(frame.sort_values(["series_id", "slice_idx"]).reset_index(drop=True))
+    train_val = pd.concat([metas["train"], metas["val"]])
+    assert len(metas["val"]) and len(metas["train"])
+    # No patient in two splits; each patient has one fold; val is fold 0.
+    assert not set(metas["train"].patient_id) & set(metas["val"].patient_id)
+    assert train_val.groupby("patient_id")["fold"].nunique().max() == 1
+    assert (metas["val"].fold == 0).all() and (metas["train"].fold > 0).all()
+    # Labels equal the CSV, as six float columns.
+    expected = cohort.labels.loc[train_val.slice_id].to_numpy()
+    np.testing.assert_array_equal(train_val[list(LABELS)].to_numpy(), expected)
+    assert (metas["test"].fold == -1).all() and metas["test"][list(LABELS)].isna().all().all()
+    # Every good file is in the tables, and nothing else.
+    assert set(pd.concat(metas.values()).slice_id) == set(cohort.hu)
+    assert summary.series == {"train": len(metas["train"].series_id.unique()), "val": len(metas["val"].series_id.unique()), "test": 1}
+
+
+def test_errors_name_every_bad_file_with_its_reason(prepared):
+    cohort, raw, out, summary = prepared
+    errors = pd.read_csv(os.path.join(out, "prepare_errors.csv"), keep_default_na=False)
+    assert list(errors.columns) == ["file", "series_id", "reason"]
+    assert set(errors.file) == set(cohort.bad)
+    for _, row in errors.iterrows():
+        assert cohort.bad[row.file] in row.reason, (row.file, row.reason)
+    assert errors.set_index("file").loc["stage_2_train/ID_trunc.dcm", "series_id"] == "ID_serA"
+    assert sum(summary.errors.values()) == len(cohort.bad)
+    assert summary.mismatch.labels_without_file == ["ID_ghost"]
+    assert summary.mismatch.files_without_label == ["ID_nolabel"]
+
+
+def test_cache_is_the_window_formula_on_true_hu_in_head_to_foot_order(prepared):
+    cohort, raw, out, _ = prepared
+    meta = pd.concat(_meta(out).values())
+    for series_id, rows in meta.groupby("series_id"):
+        volume = np.load(os.path.join(out, rows.cache.iloc[0]), mmap_mode="r")
+        assert volume.dtype == np.uint8 and volume.shape == (len(rows), 32, 32, 3)
+        zs = [cohort.z[s] for s in rows.slice_id]
+        assert zs == sorted(zs, reverse=True)  # head (highest z) first, whatever the acquisition
+        np.testing.assert_allclose(rows.position.abs(), np.abs(zs))
+        for idx, slice_id in zip(rows.slice_idx, rows.slice_id):
+            np.testing.assert_array_equal(volume[idx], apply_windows(cohort.hu[slice_id], DEFAULT_WINDOWS))
+
+
+def test_crop_box_ignores_the_headrest_line(prepared):
+    _, _, out, _ = prepared
+    meta = pd.concat(_meta(out).values())
+    assert (meta.crop_y0 >= 0).all() and (meta.crop_y1 <= int(32 * 0.9)).all()  # line at row 28 dropped
+    assert ((meta.crop_y1 - meta.crop_y0) >= 20).all() and ((meta.crop_x1 - meta.crop_x0) >= 20).all()
+
+
+def test_hostile_series_id_stays_inside_the_cache(prepared):
+    _, raw, out, _ = prepared
+    meta = pd.concat(_meta(out).values())
+    path = meta.loc[meta.series_id == "../../x", "cache"].iloc[0]
+    assert path == f"cache/{safe_name('../../x')}.npy" and "/" not in path[len("cache/"):] and ".." not in path
+    assert os.path.isfile(os.path.join(out, path))
+    assert sorted(os.listdir(os.path.dirname(out))) == ["out", "raw"]
+
+
+def test_safe_name():
+    assert safe_name("ID_0a1b2c") == "ID_0a1b2c"
+    names = {safe_name(s) for s in ("../../x", "..", ".", "", "a/b", "a_b", "a b", "x" * 500)}
+    assert len(names) == 8
+    assert all(n and "/" not in n and not n.startswith(".") and len(n) < 140 for n in names)
+
+
+def test_rerun_reuses_everything_and_changes_nothing(prepared, tmp_path):
+    cohort, raw, out, _ = prepared
+    copy = str(tmp_path / "copy")
+    shutil.copytree(out, copy)
+    summary = prepare(raw, copy, workers=1, val_fraction=0.34, seed=7)
+    assert summary.reused == summary.series["train"] + summary.series["val"] + summary.series["test"]
+    _assert_same_tree(out, copy)
+
+
+def test_invalid_cache_is_rebuilt(prepared, tmp_path):
+    _, raw, out, _ = prepared
+    copy = str(tmp_path / "copy")
+    shutil.copytree(out, copy)
+    npy = os.path.join(copy, "cache", "ID_serA.npy")
+    record = npy[:-4] + ".json"
+    np.save(npy, np.zeros((1, 2, 2, 3), np.uint8))  # wrong shape: e.g. an older run
+    os.unlink(os.path.join(copy, "cache", "ID_serB.json"))  # array without its record
+    assert read_valid_record(npy, record, [], "40/80") is None
+    leftovers = [os.path.join(copy, "cache", ".ID_serC.npy.k9x.tmp"), os.path.join(copy, ".train_meta.csv.k9x.tmp")]
+    foreign = os.path.join(copy, ".someone_else.csv.k9x.tmp")  # another tool's write in progress
+    for path in leftovers + [foreign]:
+        open(path, "wb").close()
+    summary = prepare(raw, copy, workers=1, val_fraction=0.34, seed=7)
+    assert summary.reused == 6
+    assert not any(os.path.exists(p) for p in leftovers) and os.path.exists(foreign)
+    os.unlink(foreign)
+    _assert_same_tree(out, copy)
+
+
+def test_cli_windows_and_split_args(prepared, tmp_path, capsys):
+    cohort, raw, _, _ = prepared
+    out = str(tmp_path / "cli")
+    assert main(["--raw_root", raw, "--dataset_root", out, "--workers", "1", "--windows", "40/80,80/200", "--val_fraction", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "train" in printed and "errors: 8 files" in printed and "subdural" in printed
+    meta = pd.read_csv(os.path.join(out, "test_meta.csv"))
+    volume = np.load(os.path.join(out, meta.cache[0]))
+    expected = [apply_windows(cohort.hu[s], ((40, 80), (80, 200))) for s in meta.slice_id]
+    np.testing.assert_array_equal(volume, np.stack(expected))  # the non-3-window gather path
+
+
+def _tree(root):
+    return sorted(os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "**"), recursive=True) if os.path.isfile(p))
+
+
+def _assert_same_tree(a, b):
+    assert _tree(a) == _tree(b)
+    for rel in _tree(a):
+        assert filecmp.cmp(os.path.join(a, rel), os.path.join(b, rel), shallow=False), rel
+
+
+def test_kill_9_then_rerun_gives_identical_results(tmp_path):
+    raw, reference, killed = str(tmp_path / "raw"), str(tmp_path / "ref"), str(tmp_path / "killed")
+    make_cohort(raw, size=96, n_extra=10, slices=6)
+    prepare(raw, reference, workers=1, val_fraction=0.2, seed=3)
+    command = [sys.executable, "-m", "medseg.data.prepare", "--raw_root", raw, "--dataset_root", killed, "--workers", "2",
+               "--val_fraction", "0.2", "--seed", "3"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    records = lambda: len(glob.glob(os.path.join(killed, "cache", "*.json")))  # noqa: E731
+    killed_mid_run = 0
+    for target in (1, 6, 12):  # kill once the cache holds at least `target` finished series
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 60
+        while proc.poll() is None and records() < target and time.time() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_mid_run += 1
+        proc.wait()
+    assert killed_mid_run >= 2
+    assert not os.path.exists(os.path.join(killed, "train_meta.csv")) or records() == 17
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "series reused from an earlier run" in done.stdout
+    _assert_same_tree(reference, killed)

@@ -1,0 +1,90 @@
+"""The pieces of prepare: label table, patient split, window formula, crop box."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dicom_fixtures import phantom
+from medseg.constants import LABELS
+from medseg.data.crop import crop_box
+from medseg.data.kaggle_tables import label_file_mismatch, read_label_table
+from medseg.data.split import assign_folds, series_strata
+from medseg.data.windows import apply_windows, parse_windows, window_uint8
+
+
+def test_label_table_pivot_duplicates_and_errors(tmp_path):
+    rows = [(f"ID_aa_{n}", float(n == "subdural" or n == "any")) for n in reversed(LABELS)]
+    rows += [(f"ID_bb_{n}", 0.0) for n in LABELS] + [("ID_bb_epidural", 1.0)]  # repeated row: first kept
+    path = tmp_path / "labels.csv"
+    pd.DataFrame(rows, columns=["ID", "Label"]).to_csv(path, index=False)
+    table = read_label_table(str(path))
+    assert list(table.columns) == list(LABELS) and list(table.index) == ["ID_aa", "ID_bb"]
+    np.testing.assert_array_equal(table.loc["ID_aa"], [0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(table.loc["ID_bb"], [0] * 6)
+    (tmp_path / "bad.csv").write_text("ID,Label\nID_aa_headache,1\n")
+    with pytest.raises(ValueError, match="unknown subtypes"):
+        read_label_table(str(tmp_path / "bad.csv"))
+    (tmp_path / "bad2.csv").write_text("ID,Label\nID_aa_any,__import__('os')\n")
+    with pytest.raises(ValueError, match="non-numeric"):
+        read_label_table(str(tmp_path / "bad2.csv"))
+
+
+def test_mismatch_report_counts_and_examples():
+    report = label_file_mismatch(["ID_a", "ID_b", "ID_c"], ["ID_b", "ID_c", "ID_d"])
+    assert report.labels_without_file == ["ID_a"] and report.files_without_label == ["ID_d"]
+    assert "1 labelled images without a file, e.g. ID_a" in report.summary()
+    assert label_file_mismatch(["ID_a"], ["ID_a"]).ok
+
+
+def _series_table(n_patients=60, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        for s in range(rng.integers(1, 4)):  # 1-3 series per patient
+            flags = (rng.random(5) < [0.05, 0.2, 0.15, 0.2, 0.25]).astype(float)
+            rows.append({"series_id": f"ID_s{p}_{s}", "patient_id": f"ID_p{p}", **dict(zip(LABELS, list(flags) + [flags.max()]))})
+    return pd.DataFrame(rows).set_index("series_id")
+
+
+def test_folds_group_patients_deterministically_and_spread_rare_cases():
+    table = _series_table()
+    folds = assign_folds(table, val_fraction=0.2, seed=5)
+    assert sorted(folds.unique()) == [0, 1, 2, 3, 4]
+    assert table.assign(fold=folds).groupby("patient_id")["fold"].nunique().max() == 1
+    assert folds.equals(assign_folds(table.sample(frac=1, random_state=1), val_fraction=0.2, seed=5))
+    assert not folds.equals(assign_folds(table, val_fraction=0.2, seed=6))
+    positives = table.assign(fold=folds).groupby("fold")["any"].sum()
+    assert positives.min() > 0  # every fold gets bleeds
+
+
+def test_strata_pick_rarest_subtype_and_merge_tiny_classes():
+    table = pd.DataFrame({n: [0.0] * 6 for n in LABELS})
+    table.loc[0, ["epidural", "subdural", "any"]] = 1  # rarest positive wins
+    table.loc[1:3, ["subdural", "any"]] = 1
+    assert list(series_strata(table, n_folds=1)) == ["epidural", "subdural", "subdural", "subdural", "none", "none"]
+    # 1 epidural series < 3 folds → "any"; "any" then has 1 < 3 members → "none".
+    assert list(series_strata(table, n_folds=3)) == ["none", "subdural", "subdural", "subdural", "none", "none"]
+
+
+def test_window_formula_known_values():
+    hu = np.array([-1024, -5, 0, 16, 40, 79, 80, 81, 3000])
+    # 40/80: lo = 0, hi = 80; (hu - 0) / 80 * 255, clipped, truncated.
+    np.testing.assert_array_equal(window_uint8(hu, 40, 80), [0, 0, 0, 51, 127, 251, 255, 255, 255])
+    # 40/380: lo = -150, hi = 230 (w // 2 = 190).
+    assert window_uint8(np.array([-150, 40, 229]), 40, 380).tolist() == [0, 127, 254]
+    assert apply_windows(hu.reshape(3, 3)).shape == (3, 3, 3)
+    assert parse_windows("40/80, 80/200,40/380") == ((40, 80), (80, 200), (40, 380))
+    for bad in ("40", "40/1", ""):
+        with pytest.raises(ValueError):
+            parse_windows(bad)
+
+
+def test_crop_box_on_head_and_on_empty_frame():
+    tissue = apply_windows(phantom(128, 0))[..., 2]
+    y0, y1, x0, x1 = crop_box(tissue)
+    rows, cols = np.nonzero(phantom(128, 0) > -150)
+    assert y1 < int(128 * 0.9)  # the 1-pixel headrest line is opened away
+    assert (y0, x0, x1) == (rows.min(), cols.min(), cols.max() + 1)
+    assert crop_box(np.zeros((20, 30), np.uint8)) == (0, 20, 0, 30)
