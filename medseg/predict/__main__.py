@@ -1,0 +1,62 @@
+"""``python -m medseg.predict --config C --model M --dicom_dir DIR --out OUT [--threshold 0.5]``
+
+M is a training checkpoint (``iter_N/``, ``best_model/`` or ``model.pdparams``) or a folder
+written by ``export.py`` (then ``--config`` defaults to the export's ``config.yml``). Writes
+``OUT/predictions.csv``, ``OUT/predictions.json``, ``OUT/skipped.csv``, ``OUT/report.html`` and
+one PNG per series. Exit 0 on success; 2 with a one-line ``error: …`` when nothing readable was
+found or an input is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", message="No ccache found")
+# Read before paddle is imported: paddle sets OMP_NUM_THREADS=1 when it is unset.
+_ENV_THREADS = os.environ.get("OMP_NUM_THREADS")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m medseg.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="experiment config (default for an exported model: its config.yml)")
+    p.add_argument("-o", "--opts", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--model", required=True, help="training checkpoint or exported model folder")
+    p.add_argument("--dicom_dir", required=True, help="folder searched recursively for DICOM files (any names)")
+    p.add_argument("--out", required=True, help="output folder (nothing is written elsewhere)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability that flags a slice in the report")
+    p.add_argument("--batch_size", "--batch", dest="batch_size", type=int, default=1, help="series per model call")
+    p.add_argument("--chunk_size", "--chunk", dest="chunk_size", type=int, default=None,
+                   help="slices per encoder pass (memory bound; default: the model's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of an exported model (default: OMP_NUM_THREADS or all cores)")
+    p.add_argument("--windows", default=None, help="CENTRE/WIDTH,... as given to prepare (default: prepare's)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from medseg.config import Config
+    from medseg.engine.cli import run_cli
+    from medseg.export.meta import is_export_dir
+    from medseg.predict.run import run_predict
+
+    def job() -> None:
+        config = args.config
+        if config is None:
+            if not is_export_dir(args.model):
+                raise ValueError("--config is required with a training checkpoint")
+            config = os.path.join(args.model, "config.yml")
+        threads = args.threads or int(_ENV_THREADS or os.cpu_count() or 1)
+        summary = run_predict(Config(config, args.overrides), args.model, args.dicom_dir, args.out, args.threshold,
+                              args.batch_size, args.chunk_size, threads, args.windows, progress=not args.no_progress)
+        print(summary.format())
+
+    return run_cli(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""``run_predict``: a DICOM folder → predictions.csv, predictions.json, skipped.csv, report.html.
+
+Series are read, preprocessed and predicted ``batch_size`` at a time (padded with the mask like
+training batches), so memory holds one batch of images, not the whole study. Everything is
+written below ``out_dir``; the output folder is never scanned as input even if it lies inside
+the DICOM folder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from medseg.config import Config
+from medseg.constants import DEFAULT_WINDOWS, LABELS
+from medseg.data.collate import collate_series
+from medseg.data.windows import Window, format_windows, parse_windows
+from medseg.export.meta import read_meta
+from medseg.predict.backend import load_model, model_kind
+from medseg.predict.discover import Skipped, list_files, scan_headers
+from medseg.predict.preprocess import build_eval_transforms, eval_transform_config
+from medseg.predict.report_html import write_report
+from medseg.predict.study import SeriesInput, assemble_series, load_series, unique_slice_ids
+from medseg.predict.tables import SeriesResult, output_paths, write_predictions_csv, write_predictions_json, write_skipped
+from medseg.utils.logger import get_logger
+
+logger = get_logger("predict")
+
+
+class NothingReadableError(ValueError):
+    """The folder holds no CT slice that could be read; the message says where to look."""
+
+
+@dataclass
+class PredictSummary:
+    out_dir: str
+    files: int
+    series: int
+    slices: int
+    skipped: int
+    flagged_series: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def format(self) -> str:
+        times = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+        return (f"{self.series} series, {self.slices} slices predicted from {self.files} files; {self.skipped} skipped; "
+                f"{self.flagged_series} series with a slice at or above the threshold ({times}) → {self.out_dir}")
+
+
+def resolve_windows(model_path: str, windows: str | None) -> tuple[Window, ...]:
+    """Prepare's windows: an exported model's own (a different ``--windows`` is an error), else
+    ``windows`` or the default."""
+    if model_kind(model_path) == "export":
+        exported = parse_windows(read_meta(model_path).windows)
+        if windows is not None and parse_windows(windows) != exported:
+            raise ValueError(f"{model_path}: exported for windows {format_windows(exported)}, not {windows}")
+        return exported
+    return parse_windows(windows) if windows else DEFAULT_WINDOWS
+
+
+def check_export_transforms(cfg: Config, model_path: str) -> None:
+    """An exported model must be fed the preprocessing it was exported with."""
+    if model_kind(model_path) == "export" and read_meta(model_path).transforms != eval_transform_config(cfg):
+        raise ValueError(f"{model_path}: the eval transforms of {cfg.path} differ from those the model was exported with "
+                         f"(use the export's config.yml)")
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def predict_series(model, inputs: list[SeriesInput]) -> list[np.ndarray]:
+    """Probabilities [S_i, 6] for each series of one padded batch."""
+    batch = collate_series([{"image": s.image, "label": np.zeros((len(s.image), len(LABELS)), np.float32),
+                             "series_id": s.series_id, "slice_ids": s.slice_ids} for s in inputs])
+    probs = model(batch["image"], batch["mask"])
+    return [probs[b, :len(s.slice_ids)].astype(np.float64) for b, s in enumerate(inputs)]
+
+
+def predict_folder(model, root: str, transforms, windows: tuple[Window, ...], batch_size: int = 1,
+                   exclude: tuple[str, ...] = (), progress: bool = True
+                   ) -> tuple[list[str], list[SeriesResult], list[Skipped], dict[str, float]]:
+    """Discover, read, preprocess and predict every CT series under ``root`` (nothing is written).
+
+    Returns ``(files looked at, results, skipped files, seconds per stage)``.
+    """
+    seconds = {"scan": 0.0, "read": 0.0, "preprocess": 0.0, "model": 0.0}
+    tic = time.perf_counter()
+    files = list_files(root, exclude=exclude)
+    headers, skipped = scan_headers(files, root, progress)
+    series, misfits = assemble_series(headers, root)
+    skipped += misfits
+    slice_ids = unique_slice_ids(series, root)
+    seconds["scan"] = time.perf_counter() - tic
+
+    results: list[SeriesResult] = []
+    bar = tqdm(total=len(series), desc="predict", unit="series", disable=not progress, leave=False)
+    for group in _batches(series, batch_size):
+        inputs = []
+        for item in group:
+            loaded, bad = load_series(item, root, windows, transforms, slice_ids)
+            skipped += bad
+            if loaded is not None:
+                inputs.append(loaded)
+                seconds["read"] += loaded.seconds["read"]
+                seconds["preprocess"] += loaded.seconds["preprocess"]
+        if inputs:
+            tic = time.perf_counter()
+            probs = predict_series(model, inputs)
+            seconds["model"] += time.perf_counter() - tic
+            results += [SeriesResult(s.series_id, s.study_id, s.patient_id, s.files, s.slice_ids, s.positions, p,
+                                     s.thumbnails, s.notes) for s, p in zip(inputs, probs)]
+        bar.update(len(group))
+    bar.close()
+    return files, results, skipped, seconds
+
+
+def run_predict(cfg: Config, model_path: str, dicom_dir: str, out_dir: str, threshold: float = 0.5,
+                batch_size: int = 1, chunk_size: int | None = None, threads: int = 1, windows: str | None = None,
+                progress: bool = True) -> PredictSummary:
+    """Predict every CT series under ``dicom_dir``; see the module docstring for the outputs."""
+    if not os.path.isdir(dicom_dir):
+        raise FileNotFoundError(f"{dicom_dir}: DICOM folder not found")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    root, out_dir = os.path.abspath(dicom_dir), os.path.abspath(out_dir)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    window_set = resolve_windows(model_path, windows)
+    check_export_transforms(cfg, model_path)
+    transforms = build_eval_transforms(eval_transform_config(cfg), f"{cfg.path}: eval transforms")
+    model = load_model(cfg, model_path, threads=threads, chunk_size=chunk_size)
+    seconds["load_model"] = time.perf_counter() - start
+
+    files, results, skipped, timing = predict_folder(model, root, transforms, window_set, batch_size, (out_dir,), progress)
+    seconds.update(timing)
+
+    paths = output_paths(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    write_skipped(paths["skipped"], skipped)
+    if not results:
+        raise NothingReadableError(f"{dicom_dir}: no readable CT slice among {len(files)} file(s) (reasons in {paths['skipped']})")
+    tic = time.perf_counter()
+    info = {"dicom_dir": root, "model": os.path.abspath(model_path), "model_kind": model.kind,
+            "config": os.path.abspath(cfg.path) if cfg.path else None, "windows": format_windows(window_set),
+            "files": len(files), "skipped": len(skipped)}
+    write_predictions_csv(paths["csv"], results)
+    write_predictions_json(paths["json"], results, threshold, info)
+    write_report(out_dir, results, skipped, threshold, info)
+    seconds["outputs"] = time.perf_counter() - tic
+    seconds["total"] = time.perf_counter() - start
+    summary = PredictSummary(out_dir, len(files), len(results), sum(len(r.slice_ids) for r in results), len(skipped),
+                             sum(bool(r.flagged(threshold).any()) for r in results), seconds)
+    logger.debug("%s", summary.format())
+    return summary
