@@ -102,6 +102,30 @@ def test_cnn_scale_is_a_width_multiplier_for_mobilenets_only():
         CNNEncoder(arch="resnet18", scale=0.5)
 
 
+def test_cnn_pooling_choices():
+    enc = CNNEncoder(arch="resnet18", pool="avg").eval()
+    x = paddle.randn([2, 3, 64, 64])
+    fmap = enc.backbone(x)
+    np.testing.assert_allclose(enc.forward_features(x).numpy(), fmap.numpy().mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+    enc.pool = "max"
+    np.testing.assert_allclose(enc.forward_features(x).numpy(), fmap.numpy().max(axis=(2, 3)), rtol=1e-6)
+    enc.pool = "avgmax"
+    both = 0.5 * (fmap.numpy().mean(axis=(2, 3)) + fmap.numpy().max(axis=(2, 3)))
+    np.testing.assert_allclose(enc.forward_features(x).numpy(), both, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown pool"):
+        CNNEncoder(arch="resnet18", pool="gem")
+
+
+def test_cnn_bn_momentum_override_reaches_every_batchnorm():
+    enc = CNNEncoder(arch="mobilenet_v3_small", bn_momentum=0.9)
+    norms = [l for l in enc.backbone.sublayers() if isinstance(l, paddle.nn.layer.norm._BatchNormBase)]
+    assert norms and all(l._momentum == 0.9 for l in norms)
+    assert all(l._momentum == 0.99 for l in CNNEncoder(arch="mobilenet_v3_small").backbone.sublayers()
+               if isinstance(l, paddle.nn.layer.norm._BatchNormBase))  # paddle.vision's own value
+    with pytest.raises(ValueError, match="bn_momentum"):
+        CNNEncoder(arch="resnet18", bn_momentum=1.5)
+
+
 def test_encode_series_chunks_and_padding():
     enc = tiny_swin(chunk_size=3).eval()
     x, mask = series(2, 4, 64), mask_of([4, 2], 4)

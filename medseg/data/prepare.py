@@ -88,7 +88,13 @@ def _parallel_map(func: Callable, items: list, workers: int, desc: str, unit: st
                 yield func(item)
                 bar.update()
             return
-        with mp.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+        # forkserver, not fork: a forked child inherits the locks of threads the parent runs
+        # (OpenCV's pool, Paddle's OpenMP when prepare is called from a process that imported it)
+        # and can deadlock. The fork server is a clean process started once, with this module
+        # preloaded, so workers still start in milliseconds.
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        with ctx.Pool(workers, initializer=_init_worker) as pool:
             for result in pool.imap_unordered(func, items, chunksize=chunksize):
                 yield result
                 bar.update()

@@ -46,9 +46,16 @@ def _feature_width(backbone: paddle.nn.Layer) -> int:
     was_training = backbone.training
     backbone.eval()
     with paddle.no_grad():
-        width = int(backbone(paddle.zeros([1, 3, 64, 64])).flatten(1).shape[1])
+        width = int(backbone(paddle.zeros([1, 3, 64, 64])).shape[1])
     backbone.train(was_training)
     return width
+
+
+POOLS: dict[str, Callable[[paddle.Tensor], paddle.Tensor]] = {
+    "avg": lambda x: x.mean(axis=[2, 3]),
+    "max": lambda x: x.amax(axis=[2, 3]),
+    "avgmax": lambda x: 0.5 * (x.mean(axis=[2, 3]) + x.amax(axis=[2, 3])),
+}
 
 
 @ENCODERS.add_component
@@ -59,6 +66,14 @@ class CNNEncoder(SliceEncoder):
         arch: one of ``ARCHS`` (resnet18/34/50/101, resnext50_32x4d/64x4d, wide_resnet50_2,
             densenet121/169/201, mobilenet_v3_small/large, shufflenet_v2_x0_5/x1_0).
         scale: width multiplier for the MobileNet-V3 family (paddle.vision's ``scale``).
+        pool: how the last feature map becomes one vector: ``avg`` (paddle.vision's default),
+            ``max``, or ``avgmax`` (their mean). A bleed can be a few pixels of a slice; max pooling
+            keeps such a small bright finding from being averaged away, which helps models trained
+            from scratch.
+        bn_momentum: override the running-statistics momentum of every BatchNorm layer (Paddle:
+            running = momentum * running + (1 - momentum) * batch). paddle.vision's MobileNetV3
+            uses 0.99, which lags far behind the weights in a short run from scratch, so eval-mode
+            features collapse; 0.9 (ResNet's value) follows them.
         img_size: the slice size the data pipeline feeds (CNNs accept any size); if set, inputs
             of another size are rejected, which catches a transform/model mismatch early, and
             ``model_info`` uses it.
@@ -74,7 +89,11 @@ class CNNEncoder(SliceEncoder):
         img_size: int | None = None,
         pretrained: str | None = None,
         scale: float | None = None,
+        pool: str = "avg",
+        bn_momentum: float | None = None,
     ):
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
         if arch not in ARCHS:
             raise ValueError(f"unknown CNN arch {arch!r}; known: {', '.join(ARCHS)}")
         extra = {}
@@ -82,9 +101,21 @@ class CNNEncoder(SliceEncoder):
             if not arch.startswith("mobilenet"):
                 raise ValueError(f"scale applies to the mobilenet archs only, not {arch!r}")
             extra["scale"] = scale
-        backbone = ARCHS[arch](pretrained=False, num_classes=0, with_pool=True, **extra)
+        if arch.startswith("densenet"):
+            # paddle.vision's DenseNet.forward fails with with_pool=False (it returns an unbound
+            # variable), so keep its pool layer and make it a no-op: we pool ourselves.
+            backbone = ARCHS[arch](pretrained=False, num_classes=0, with_pool=True, **extra)
+            backbone.pool2d_avg = paddle.nn.Identity()
+        else:
+            backbone = ARCHS[arch](pretrained=False, num_classes=0, with_pool=False, **extra)
         super().__init__(_feature_width(backbone), num_classes, chunk_size, recompute)
-        self.arch, self.img_size = arch, img_size
+        self.arch, self.img_size, self.pool = arch, img_size, pool
+        if bn_momentum is not None:
+            if not 0.0 <= bn_momentum < 1.0:
+                raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
+            for layer in backbone.sublayers():
+                if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
+                    layer._momentum = bn_momentum
         self.backbone = backbone
         self.load_pretrained(pretrained, key_map="auto")
 
@@ -92,4 +123,4 @@ class CNNEncoder(SliceEncoder):
         """[N, C, H, W] → [N, D]."""
         if self.img_size is not None and (x.shape[-1] != self.img_size or x.shape[-2] != self.img_size):
             raise ValueError(f"CNNEncoder({self.arch}) is configured for {self.img_size}px input, got {list(x.shape)}")
-        return self.backbone(x).flatten(1)
+        return POOLS[self.pool](self.backbone(x))  # [N, D, h, w] -> [N, D]
