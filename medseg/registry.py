@@ -170,4 +170,7 @@ _COMPONENT_MODULES: list[str] = [
     "medseg.engine.losses",
     "medseg.engine.metrics",
     "medseg.engine.optim",
+    "medseg.data.mixing",
+    "medseg.semi.dataset",
+    "medseg.semi.noise",
 ]
