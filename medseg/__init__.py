@@ -13,3 +13,6 @@ import warnings as _warnings
 # Paddle's C++-extension helper warns about a missing ccache on every import; we never build
 # extensions, so keep logs clean of it.
 _warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+# Paddle's BatchNorm warns on every training forward that it tracks running statistics, which is
+# simply what BatchNorm does.
+_warnings.filterwarnings("ignore", message="When training, we now always track global mean", category=UserWarning)

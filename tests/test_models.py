@@ -360,3 +360,18 @@ def test_model_info_cli(capsys):
     assert f"parameters: {params(model) / 1e6:.2f} M total" in out and "GFLOPs per slice" in out and "multiply-accumulates" in out
     info = model_info.model_info(model, 64)
     assert 0.1 < info.encoder_gflops < 0.2  # ResNet-18: 1.82 GMACs at 224 px, x (64/224)^2
+
+
+@pytest.mark.parametrize("optimizer", [paddle.optimizer.AdamW, paddle.optimizer.Momentum])
+def test_head_lr_mult_scales_only_the_sequence_head(optimizer):
+    model = ICHSequenceClassifier(CNNEncoder(arch="mobilenet_v3_small", scale=0.5), head_lr_mult=0.0)
+    opt = optimizer(learning_rate=1e-2, parameters=model.parameters())
+    head_before = [p.numpy().copy() for p in model.head.parameters()]
+    encoder_before = model.encoder.head.weight.numpy().copy()
+    seq, sl = model(paddle.randn([1, 4, 3, 32, 32]), paddle.ones([1, 4], "bool"))
+    (seq.sum() + sl.sum()).backward()
+    opt.step()
+    assert all(np.array_equal(b, p.numpy()) for b, p in zip(head_before, model.head.parameters()))
+    assert not np.array_equal(encoder_before, model.encoder.head.weight.numpy())
+    with pytest.raises(ValueError, match="head_lr_mult"):
+        ICHSequenceClassifier(CNNEncoder(arch="resnet18"), head_lr_mult=-1)

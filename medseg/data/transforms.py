@@ -135,48 +135,42 @@ class RandomResizedCrop(AffineTransform):
         return _scale_matrix(self.size[0] / box_h, self.size[1] / box_w, y0, x0), self.size
 
 
+class _Flip(AffineTransform):
+    """Mirror along ``axis`` (0 = rows, top-bottom; 1 = columns, left-right) with probability ``prob``."""
+
+    axis = 1
+    keeps_canvas = True
+
+    def __init__(self, prob: float = 0.5):
+        self.prob = float(prob)
+
+    def sample(self, rng: np.random.Generator) -> bool:
+        return bool(rng.uniform() < self.prob)
+
+    def affine(self, params: bool, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        matrix = np.eye(3)
+        if params:
+            # row 0 of the matrix maps x (columns), row 1 maps y (rows)
+            row = 1 - self.axis
+            matrix[row, row], matrix[row, 2] = -1.0, in_hw[self.axis] - 1.0
+        return matrix, tuple(in_hw)
+
+    def apply(self, image: np.ndarray, params: bool) -> np.ndarray:
+        return np.ascontiguousarray(np.flip(image, axis=self.axis)) if params else image
+
+
 @TRANSFORMS.add_component
-class HorizontalFlip(AffineTransform):
+class HorizontalFlip(_Flip):
     """Mirror left-right with probability ``prob``."""
 
-    def __init__(self, prob: float = 0.5):
-        self.prob = float(prob)
-
-    def sample(self, rng: np.random.Generator) -> bool:
-        return bool(rng.uniform() < self.prob)
-
-    keeps_canvas = True
-
-    def affine(self, params: bool, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
-        matrix = np.eye(3)
-        if params:
-            matrix[0, 0], matrix[0, 2] = -1.0, in_hw[1] - 1.0
-        return matrix, tuple(in_hw)
-
-    def apply(self, image: np.ndarray, params: bool) -> np.ndarray:
-        return np.ascontiguousarray(image[:, ::-1]) if params else image
+    axis = 1
 
 
 @TRANSFORMS.add_component
-class VerticalFlip(AffineTransform):
+class VerticalFlip(_Flip):
     """Mirror top-bottom with probability ``prob``."""
 
-    def __init__(self, prob: float = 0.5):
-        self.prob = float(prob)
-
-    def sample(self, rng: np.random.Generator) -> bool:
-        return bool(rng.uniform() < self.prob)
-
-    keeps_canvas = True
-
-    def affine(self, params: bool, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
-        matrix = np.eye(3)
-        if params:
-            matrix[1, 1], matrix[1, 2] = -1.0, in_hw[0] - 1.0
-        return matrix, tuple(in_hw)
-
-    def apply(self, image: np.ndarray, params: bool) -> np.ndarray:
-        return np.ascontiguousarray(image[::-1]) if params else image
+    axis = 0
 
 
 @TRANSFORMS.add_component

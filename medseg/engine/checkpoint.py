@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 import paddle
 
-from medseg.utils.atomic import atomic_write_json
+from medseg.utils.atomic import atomic_write_json, replace_dir
 from medseg.utils.logger import get_logger
 
 MODEL_FILE = "model.pdparams"
@@ -45,17 +45,6 @@ def restore_rng(state: dict[str, Any]) -> None:
     paddle.set_rng_state(state["paddle"])
 
 
-def _replace_dir(tmp: str, final: str) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then removed."""
-    old = None
-    if os.path.exists(final):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old.", dir=os.path.dirname(final))
-        os.rename(final, os.path.join(old, "d"))
-    os.rename(tmp, final)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_dir(final: str, files: dict[str, Any]) -> str:
     """Write ``{name: object}`` (paddle.save for tensors' dicts, pickle for ``.pkl``) atomically."""
     parent = os.path.dirname(os.path.abspath(final))
@@ -71,7 +60,7 @@ def _write_dir(final: str, files: dict[str, Any]) -> str:
                 atomic_write_json(path, obj)
             else:
                 paddle.save(obj, path)
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,7 +28,7 @@ from medseg.engine import checkpoint as ckpt
 from medseg.export.graph import EncoderGraph, HeadGraph, SeriesGraph, check_exportable
 from medseg.export.meta import EXPORT_META, GRAPHS, ExportError, ExportMeta, write_meta
 from medseg.predict.preprocess import build_eval_transforms, eval_transform_config, model_input_shape
-from medseg.utils.atomic import atomic_write_text
+from medseg.utils.atomic import atomic_write_text, replace_dir
 from medseg.utils.logger import get_logger
 
 logger = get_logger("export")
@@ -48,16 +48,6 @@ def _prepare_target(save_dir: str) -> None:
             raise ExportError(f"{save_dir}: exists and is not a directory")
         if os.listdir(save_dir) and not os.path.isfile(os.path.join(save_dir, EXPORT_META)):
             raise ExportError(f"{save_dir}: not empty and not an earlier export; choose another --save_dir")
-
-
-def _move_into_place(tmp: str, final: str) -> None:
-    old = None
-    if os.path.exists(final):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old.", dir=os.path.dirname(final))
-        os.rename(final, os.path.join(old, "d"))
-    os.rename(tmp, final)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_model(cfg: Config, checkpoint: str, save_dir: str, windows: tuple[Window, ...] = DEFAULT_WINDOWS) -> ExportResult:
@@ -95,7 +85,7 @@ def export_model(cfg: Config, checkpoint: str, save_dir: str, windows: tuple[Win
         )
         write_meta(tmp, meta)
         atomic_write_text(os.path.join(tmp, "config.yml"), cfg.dump())
-        _move_into_place(tmp, save_dir)
+        replace_dir(tmp, save_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -30,6 +30,12 @@ class ICHSequenceClassifier(nn.Layer):
             heads need no ``d_model`` (if given it must match). Unused when ``sequential`` is false.
         sequential: add the sequence head (the paper's model) or not (slice-only baseline).
         num_classes: must equal the encoder's per-slice head size.
+        head_lr_mult: learning-rate multiplier for the sequence head's parameters (Paddle's
+            per-parameter ``optimize_attr``). With Adam-type optimisers every weight moves by about
+            the learning rate per step whatever its gradient, and an encoder trained from scratch
+            wants a rate at which the attention projections grow until self-attention drowns the
+            residual path and every slice gets the same output; a smaller rate for the head avoids
+            that collapse.
     """
 
     def __init__(
@@ -38,8 +44,11 @@ class ICHSequenceClassifier(nn.Layer):
         head: dict | SequenceHead | None = None,
         sequential: bool = True,
         num_classes: int = 6,
+        head_lr_mult: float = 1.0,
     ):
         super().__init__()
+        if head_lr_mult < 0:
+            raise ValueError(f"head_lr_mult must be >= 0, got {head_lr_mult}")
         if isinstance(encoder, dict):
             encoder = build(encoder, ENCODERS, "model.encoder")
         if not isinstance(encoder, SliceEncoder):
@@ -63,6 +72,8 @@ class ICHSequenceClassifier(nn.Layer):
         if head.num_classes != num_classes:
             raise ValueError(f"head has {head.num_classes} outputs but model num_classes is {num_classes}")
         self.head = head.bind(encoder.feature_dim)
+        for param in self.head.parameters():
+            param.optimize_attr["learning_rate"] = float(head_lr_mult)
 
     def forward(self, image: paddle.Tensor, mask: paddle.Tensor | None = None):
         if mask is None:

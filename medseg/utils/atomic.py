@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from typing import IO, Any, Iterator
 
@@ -53,3 +54,19 @@ def atomic_write_csv(path: str, frame: Any, **kwargs: Any) -> None:
     kwargs.setdefault("index", False)
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
         frame.to_csv(fh, **kwargs)
+
+
+def replace_dir(tmp: str, final: str) -> None:
+    """Move the finished directory ``tmp`` to ``final`` (same filesystem).
+
+    An existing ``final`` is first renamed aside, then removed, so ``final`` is at every moment
+    either the old complete directory or the new one (a directory cannot be renamed over a
+    non-empty one in a single step).
+    """
+    old = None
+    if os.path.exists(final):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old.", dir=os.path.dirname(os.path.abspath(final)))
+        os.rename(final, os.path.join(old, "d"))
+    os.rename(tmp, final)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
