@@ -175,3 +175,22 @@ def test_fused_warp_matches_transforms_applied_one_by_one():
     chw = Compose([norm, ToCHW()])([image], np.random.default_rng(0))[0]  # fused look-up into C × H × W
     assert chw.dtype == np.float32 and chw.flags.c_contiguous
     np.testing.assert_allclose(chw, expected.transpose(2, 0, 1), atol=1e-5)
+
+
+def test_max_slices_takes_a_reproducible_run_of_consecutive_slices(root):
+    full = RSNASeriesDataset(root, "val", eval_transforms(32))
+    cut = RSNASeriesDataset(root, "val", eval_transforms(32), max_slices=2)
+    n = full.num_slices(0)
+    assert n > 2
+    windows = {cut.window(0, epoch) for epoch in range(20)}
+    assert len(windows) > 1 and all(hi - lo == 2 and 0 <= lo and hi <= n for lo, hi in windows)
+    for epoch in range(3):
+        lo, hi = cut.window(0, epoch)
+        item, whole = cut[(0, epoch)], full[(0, epoch)]
+        assert item["slice_ids"] == whole["slice_ids"][lo:hi]
+        np.testing.assert_array_equal(item["label"], whole["label"][lo:hi])
+        np.testing.assert_array_equal(item["image"], whole["image"][lo:hi])  # eval transforms: no draws
+        assert cut[(0, epoch)]["slice_ids"] == item["slice_ids"]  # same key, same window
+    assert RSNASeriesDataset(root, "val", eval_transforms(32), max_slices=100)[0]["slice_ids"] == full[0]["slice_ids"]
+    with pytest.raises(ValueError, match="max_slices"):
+        RSNASeriesDataset(root, "val", eval_transforms(32), max_slices=0)

@@ -39,11 +39,19 @@ def split_key(key: Any) -> tuple[int, int]:
 class RSNASeriesDataset(paddle.io.Dataset):
     """Series of ``DATASET_ROOT/<split>_meta.csv`` (``split`` is any tag: train, val, test,
     test_pseudo …). Labels may be soft; an unlabelled split has NaN labels (``labelled`` False).
+
+    ``max_slices`` (training only): a longer series is cut to a random run of that many consecutive
+    slices, drawn per (seed, epoch, index). A step then holds more series for the same compute
+    (consecutive slices are alike, so series diversity is what a batch lacks); the sequence head
+    still sees local context, and evaluation always takes whole series.
     """
 
     def __init__(self, dataset_root: str, split: str = "train", transforms: Sequence[Transform] = (),
-                 per_slice: bool = True, seed: int = 0):
+                 per_slice: bool = True, seed: int = 0, max_slices: int | None = None):
         super().__init__()
+        if max_slices is not None and int(max_slices) < 1:
+            raise ValueError(f"{split} dataset: max_slices must be a positive number of slices or null, got {max_slices}")
+        self.max_slices = None if max_slices is None else int(max_slices)
         self.dataset_root = dataset_root
         self.split = split
         self.seed = int(seed)
@@ -91,8 +99,8 @@ class RSNASeriesDataset(paddle.io.Dataset):
     def num_slices(self, index: int) -> int:
         return int(self.ends[index] - self.starts[index])
 
-    def load_slices(self, index: int) -> list[np.ndarray]:
-        """The series' slices in order, each cropped to its stored head box (H × W × C uint8)."""
+    def load_slices(self, index: int, lo: int = 0, hi: int | None = None) -> list[np.ndarray]:
+        """The series' slices ``lo:hi`` in order, each cropped to its stored head box (H × W × C uint8)."""
         path = self.cache_paths[index]
         start, end = int(self.starts[index]), int(self.ends[index])
         try:
@@ -103,7 +111,8 @@ class RSNASeriesDataset(paddle.io.Dataset):
             raise ValueError(f"{path}: expected uint8 [{end - start}, H, W, C], found {volume.dtype} {list(volume.shape)}")
         height, width = volume.shape[1:3]
         slices = []
-        for i, (y0, y1, x0, x1) in enumerate(self.boxes[start:end]):
+        hi = end - start if hi is None else hi
+        for i, (y0, y1, x0, x1) in enumerate(self.boxes[start + lo:start + hi], start=lo):
             if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
                 raise ValueError(f"{path}: crop box {[y0, y1, x0, x1]} of slice {self.slice_ids[start + i]} outside the {height}x{width} frame")
             slices.append(np.asarray(volume[i, y0:y1, x0:x1]))
@@ -112,15 +121,25 @@ class RSNASeriesDataset(paddle.io.Dataset):
     def rng(self, index: int, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, index])
 
+    def window(self, index: int, epoch: int) -> tuple[int, int]:
+        """Slices ``lo:hi`` of the series this item covers (all of them unless ``max_slices``)."""
+        n = self.num_slices(index)
+        if self.max_slices is None or n <= self.max_slices:
+            return 0, n
+        # its own stream, so that the augmentation draws do not depend on the window
+        lo = int(np.random.default_rng([self.seed, epoch, index, 1]).integers(0, n - self.max_slices + 1))
+        return lo, lo + self.max_slices
+
     def __getitem__(self, key: Any) -> dict[str, Any]:
         index, epoch = split_key(key)
-        start, end = int(self.starts[index]), int(self.ends[index])
-        image = self.transforms.stack(self.load_slices(index), self.rng(index, epoch))
+        lo, hi = self.window(index, epoch)
+        start = int(self.starts[index])
+        image = self.transforms.stack(self.load_slices(index, lo, hi), self.rng(index, epoch))
         return {
             "image": image.astype(np.float32, copy=False),
-            "label": self.labels[start:end].copy(),
+            "label": self.labels[start + lo:start + hi].copy(),
             "series_id": self.series_ids[index],
-            "slice_ids": [str(s) for s in self.slice_ids[start:end]],
+            "slice_ids": [str(s) for s in self.slice_ids[start + lo:start + hi]],
         }
 
 
