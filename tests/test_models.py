@@ -353,7 +353,7 @@ def test_mac_counter_matches_hand_count():
 
 
 def test_model_info_cli(capsys):
-    cfg = os.path.join(BASE_MODELS, "demo_cnn.yml")
+    cfg = os.path.join(BASE_MODELS, "resnet18.yml")
     assert model_info.main(["--config", cfg, "--seq_len", "8", "-o", "model.encoder.img_size=64"]) == 0
     out = capsys.readouterr().out
     model = Config(cfg, ["model.encoder.img_size=64"]).build("model")
