@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${ABL_OUT:-bench_output/ablation}
+mkdir -p "$OUT"
 CONFIG=config/demo_cpu.yml
 ITERS=${1:-}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 "$PYTHON" -m medseg.data.synthetic --out "$OUT/raw" --series "${DEMO_SERIES:-100}" --seed 0 \
   --size "${DEMO_SIZE:-256}" --workers 2 > "$OUT.synthetic.log"
@@ -18,7 +19,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-
 data=(-o "train_dataset.dataset_root=$OUT/prepared" -o "val_dataset.dataset_root=$OUT/prepared")
 slice_only=(-o model.sequential=false -o "loss.losses=[{type: MaskedWeightedBCE, weights: [1, 1, 1, 1, 1, 2]}]" -o "loss.coef=[1]")
 
-score() {  # name, extra flags...: train, infer the test split, print the report's score line
+score() {  # name, extra flags...: train, infer the test split, write the report's score line
   local name=$1; shift
   "$PYTHON" train.py --config "$CONFIG" "${data[@]}" "$@" --save_dir "$OUT/$name" --overwrite_save_dir \
     --seed 0 --save_interval 100000 ${ITERS:+--iters "$ITERS"} > "$OUT/$name.train.log" 2>&1
@@ -27,11 +28,16 @@ score() {  # name, extra flags...: train, infer the test split, print the report
   "$PYTHON" infer.py --config "$CONFIG" "${data[@]}" "$@" --resume_model "$last" --split test \
     --output "$OUT/$name/predictions_test.csv" > "$OUT/$name.infer.log" 2>&1
   "$PYTHON" -m medseg.outputs.report --pred "$OUT/$name/predictions_test.csv" \
-    --truth "$OUT/raw/stage_2_test_truth.csv" --out "$OUT/$name/report" | tail -1
+    --truth "$OUT/raw/stage_2_test_truth.csv" --out "$OUT/$name/report" | tail -1 > "$OUT/$name.score"
 }
 
-seq_line=$(score sequence)
-slice_line=$(score slice_only "${slice_only[@]}")
+# The two arms run side by side, one OpenMP thread each (the demo model is fastest on one thread).
+score sequence & seq_pid=$!
+score slice_only "${slice_only[@]}" & slice_pid=$!
+wait "$seq_pid"
+wait "$slice_pid"
+seq_line=$(cat "$OUT/sequence.score")
+slice_line=$(cat "$OUT/slice_only.score")
 seq_loss=$(sed -E 's/weighted_logloss=([0-9.]+).*/\1/' <<< "$seq_line")
 slice_loss=$(sed -E 's/weighted_logloss=([0-9.]+).*/\1/' <<< "$slice_line")
 printf '%-12s %s\n' sequence "$seq_line" slice-only "$slice_line"
