@@ -13,7 +13,7 @@ ITERS=${1:-}
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 "$PYTHON" -m medseg.data.synthetic --out "$OUT/raw" --series "${DEMO_SERIES:-100}" --seed 0 \
-  --size "${DEMO_SIZE:-256}" --workers 2 > "$OUT.synthetic.log"
+  --size "${DEMO_SIZE:-256}" --workers 2 > "$OUT.synthetic.log" 2>&1
 "$PYTHON" -m medseg.data.prepare --raw_root "$OUT/raw" --dataset_root "$OUT/prepared" --workers 2 \
   --val_fraction 0.2 --seed 42 > "$OUT.prepare.log" 2>&1
 data=(-o "train_dataset.dataset_root=$OUT/prepared" -o "val_dataset.dataset_root=$OUT/prepared")
