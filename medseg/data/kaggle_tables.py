@@ -16,6 +16,23 @@ from medseg.utils.logger import get_logger
 logger = get_logger("data.kaggle_tables")
 
 
+def split_kaggle_ids(ids: pd.Series, source: str) -> tuple[pd.Series, pd.Series]:
+    """``ID_<slice>_<subtype>`` → (slice ids, subtypes), split on the last ``_``; IDs of another
+    form or unknown subtypes raise ValueError naming ``source`` with examples. Shared by the
+    label reader here (lenient about repeats) and the submission tools (strict)."""
+    ids = ids.astype(str)
+    parts = ids.str.rsplit("_", n=1, expand=True)
+    bad = ids if parts.shape[1] != 2 else ids[parts[1].isna() | (parts[0] == "")]
+    if len(bad):
+        raise ValueError(f"{source}: ID(s) not of the form ID_<slice>_<subtype>, e.g. {', '.join(bad.head(3))}")
+    slice_ids, subtypes = parts[0], parts[1]
+    unknown = ids[~subtypes.isin(LABELS)]
+    if len(unknown):
+        raise ValueError(f"{source}: {len(unknown)} row(s) with unknown subtypes, e.g. {', '.join(unknown.head(3))}; "
+                         f"expected one of {', '.join(LABELS)}")
+    return slice_ids, subtypes
+
+
 def read_label_table(path: str) -> pd.DataFrame:
     """``stage_2_train.csv`` → DataFrame indexed by ``slice_id`` with the six LABELS columns
     (float). Repeated ``ID`` rows are dropped (first kept); unknown subtypes raise ValueError."""
@@ -26,13 +43,8 @@ def read_label_table(path: str) -> pd.DataFrame:
     if labels.isna().any():
         bad = frame.loc[labels.isna(), "ID"].head(3).tolist()
         raise ValueError(f"{path}: {int(labels.isna().sum())} non-numeric labels, e.g. {bad}")
-    parts = frame["ID"].str.rsplit("_", n=1, expand=True)
-    if parts.shape[1] != 2 or parts[1].isna().any():
-        raise ValueError(f"{path}: IDs must look like ID_<hex>_<subtype>")
-    table = pd.DataFrame({"slice_id": parts[0], "subtype": parts[1], "label": labels.astype(float)})
-    unknown = sorted(set(table["subtype"]) - set(LABELS))
-    if unknown:
-        raise ValueError(f"{path}: unknown subtypes {unknown[:5]}")
+    slice_ids, subtypes = split_kaggle_ids(frame["ID"], path)
+    table = pd.DataFrame({"slice_id": slice_ids, "subtype": subtypes, "label": labels.astype(float)})
     duplicated = table.duplicated(["slice_id", "subtype"], keep="first")
     if duplicated.any():
         conflicting = table[table.duplicated(["slice_id", "subtype"], keep=False)].groupby(["slice_id", "subtype"])["label"].nunique()

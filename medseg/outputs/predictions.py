@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medseg.constants import LABELS
+from medseg.data.kaggle_tables import split_kaggle_ids
 from medseg.utils.atomic import atomic_write_csv
 
 PRED_COLUMNS: tuple[str, ...] = ("slice_id", "series_id", *LABELS)
@@ -117,14 +118,10 @@ def kaggle_to_wide(df: pd.DataFrame, source: str = "<kaggle table>") -> pd.DataF
         raise TableError(f"{source}: missing column(s) {', '.join(missing)}; expected ID,Label")
     ids = df["ID"].astype(str)
     _check_unique(ids, source, "ID")
-    parts = ids.str.rsplit("_", n=1, expand=True)
-    bad = ids if parts.shape[1] != 2 else ids[parts[1].isna() | (parts[0] == "")]
-    if len(bad):
-        raise TableError(f"{source}: ID(s) not of the form ID_<slice>_<subtype>, e.g. {format_examples(bad)}")
-    slice_ids, subtypes = parts[0], parts[1]
-    unknown = subtypes[~subtypes.isin(LABELS)]
-    if len(unknown):
-        raise TableError(f"{source}: {len(unknown)} row(s) with an unknown subtype, e.g. {format_examples(ids[unknown.index])}; expected one of {', '.join(LABELS)}")
+    try:
+        slice_ids, subtypes = split_kaggle_ids(ids, source)
+    except ValueError as err:
+        raise TableError(str(err)) from None
     probs = _check_probabilities(df[["Label"]], source)[:, 0]
     long = pd.DataFrame({"slice_id": slice_ids.to_numpy(), "subtype": subtypes.to_numpy(), "p": probs})
     wide = long.pivot(index="slice_id", columns="subtype", values="p")
