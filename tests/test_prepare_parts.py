@@ -1,17 +1,25 @@
-"""The pieces of prepare: label table, patient split, window formula, crop box."""
+"""The pieces of prepare: label table, patient split, window formula, crop box, cache writing."""
 
 from __future__ import annotations
 
+import os
+
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
-from dicom_fixtures import phantom
-from medseg.constants import LABELS
+from dicom_fixtures import ct_dataset, phantom, save
+from medseg.constants import DEFAULT_WINDOWS, LABELS
 from medseg.data.crop import crop_box
+from medseg.data.prepare import _task_for
 from medseg.data.kaggle_tables import label_file_mismatch, read_label_table
 from medseg.data.split import assign_folds, series_strata
+from medseg.data.series_volume import build_volume, process_series
 from medseg.data.windows import apply_windows, parse_windows, window_uint8
+from medseg.dicom.header import read_header
+from medseg.dicom.series import group_series
+from medseg.utils.atomic import atomic_save_npy_stream
 
 
 def test_label_table_pivot_duplicates_and_errors(tmp_path):
@@ -88,3 +96,44 @@ def test_crop_box_on_head_and_on_empty_frame():
     assert y1 < int(128 * 0.9)  # the 1-pixel headrest line is opened away
     assert (y0, x0, x1) == (rows.min(), cols.min(), cols.max() + 1)
     assert crop_box(np.zeros((20, 30), np.uint8)) == (0, 20, 0, 30)
+
+
+def test_crop_box_is_the_box_of_the_opening():
+    """crop_box erodes only; its box must be the box of the full 5x5 elliptical opening."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        rows, cols = rng.integers(1, 24, 2)
+        tissue = ((rng.random((rows, cols)) < rng.uniform(0.05, 0.95)) * rng.integers(1, 256, (rows, cols))).astype(np.uint8)
+        x, y, w, h = cv2.boundingRect(cv2.morphologyEx(tissue, cv2.MORPH_OPEN, kernel))
+        assert crop_box(tissue) == ((y, y + h, x, x + w) if w else (0, rows, 0, cols))
+
+
+@pytest.mark.parametrize("expected, given", [(12, 12), (12, 9), (10, 9), (3, 5)])
+def test_streamed_npy_is_np_save_of_the_stack(tmp_path, expected, given):
+    items = [np.full((3, 4, 3), k, np.uint8) for k in range(given)]
+    path, reference = tmp_path / "streamed.npy", tmp_path / "reference.npy"
+    assert atomic_save_npy_stream(str(path), (expected, 3, 4, 3), np.uint8, iter(items)) == given
+    np.save(reference, np.stack(items))
+    assert path.read_bytes() == reference.read_bytes()
+    assert set(os.listdir(tmp_path)) == {"streamed.npy", "reference.npy"}  # no temporary left behind
+
+
+def test_no_items_no_file(tmp_path):
+    assert atomic_save_npy_stream(str(tmp_path / "empty.npy"), (4, 2, 2), np.uint8, iter([])) == 0
+    assert os.listdir(tmp_path) == []
+
+
+def test_slice_failing_after_the_scan_is_dropped_from_the_streamed_cache(tmp_path):
+    """A file that breaks between the scan and the cache step: the series is written without it."""
+    raw = tmp_path / "raw"
+    paths = [save(ct_dataset(f"ID_{k}", "ID_s", phantom(24, k), float(k), k + 1), str(raw / f"ID_{k}.dcm")) for k in range(4)]
+    series = group_series([read_header(p) for p in paths])[0][0]
+    with open(paths[1], "r+b") as fh:
+        fh.truncate(os.path.getsize(paths[1]) - 100)
+    task = _task_for(series, str(raw))
+    record = process_series(task, str(tmp_path / "out"), DEFAULT_WINDOWS)
+    volume, kept, crops, errors = build_volume(task, DEFAULT_WINDOWS)
+    assert record["shape"] == list(volume.shape) and volume.shape[0] == 3 and len(record["errors"]) == 1 == len(errors)
+    assert record["crops"] == [list(c) for c in crops] and record["slice_ids"] == [task.slice_ids[i] for i in kept]
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / record["cache"]), volume)

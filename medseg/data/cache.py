@@ -13,11 +13,12 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from medseg.utils.atomic import atomic_save_npy, atomic_write_json
+from medseg.utils.atomic import atomic_save_npy_stream, atomic_write_json
 
 CACHE_DIR = "cache"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -46,11 +47,14 @@ def cache_paths(dataset_root: str, series_id: str) -> tuple[str, str, str]:
     return rel, absolute, os.path.join(dataset_root, CACHE_DIR, f"{name}.json")
 
 
-def write_series(npy_path: str, record_path: str, volume: np.ndarray | None, record: dict[str, Any]) -> None:
-    """Array first, record second: the record's existence implies a complete array."""
-    if volume is not None:
-        atomic_save_npy(npy_path, volume)
+def write_series(npy_path: str, record_path: str, shape: tuple[int, ...], slices: Iterable[np.ndarray],
+                 make_record: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    """Array first, streamed from ``slices`` (``shape[0]`` expected, no file if none come), then
+    the record ``make_record(count)``: the record's existence implies a complete array."""
+    count = atomic_save_npy_stream(npy_path, shape, np.uint8, slices)
+    record = make_record(count)
     atomic_write_json(record_path, record)
+    return record
 
 
 def read_valid_record(npy_path: str, record_path: str, inputs: list, windows: str) -> dict[str, Any] | None:

@@ -8,12 +8,18 @@ header scan can record them and a series builder can fold them into one lookup t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
-import pydicom
 
 # No tissue is less dense than air; anything below is padding or a reconstruction artefact.
 AIR_HU = -1024.0
+
+
+class HeaderValues(Protocol):
+    """A parsed header: a pydicom ``Dataset`` or the plain scan's values, read by keyword."""
+
+    def get(self, keyword: str, default: Any = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,7 @@ class ModalityParams:
     padding: tuple[int, int] | None = None  # inclusive stored-value range marked as padding
 
 
-def needs_12bit_fix(ds: pydicom.Dataset) -> bool:
+def needs_12bit_fix(ds: HeaderValues) -> bool:
     """RSNA bug: 12-bit unsigned data stored with an intercept near 0 instead of about -1000."""
     return (
         int(ds.get("BitsStored", 16)) == 12
@@ -35,7 +41,7 @@ def needs_12bit_fix(ds: pydicom.Dataset) -> bool:
     )
 
 
-def modality_params(ds: pydicom.Dataset) -> ModalityParams:
+def modality_params(ds: HeaderValues) -> ModalityParams:
     """Read slope/intercept/padding once; the 12-bit fix replaces the intercept by -1000."""
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
@@ -89,8 +95,8 @@ def word_values(words: np.ndarray, layout: WordLayout) -> np.ndarray:
     return values
 
 
-def word_layout(ds: pydicom.Dataset) -> WordLayout:
+def word_layout(ds: HeaderValues) -> WordLayout:
     """The layout of native (uncompressed) pixel words as the header describes it."""
-    allocated = int(ds.BitsAllocated)
+    allocated = int(ds.get("BitsAllocated"))
     stored = min(int(ds.get("BitsStored", allocated) or allocated), allocated)
     return WordLayout(allocated, stored, int(ds.get("PixelRepresentation", 0) or 0) == 1)
