@@ -33,15 +33,33 @@ def _coerce_floats(node):
     return node
 
 
+NO_INHERIT = "_inherited_"
+
+
 def merge(base: dict, child: dict) -> dict:
-    """Recursive merge: dicts merge key by key, the child wins, lists and scalars are replaced."""
+    """Recursive merge: dicts merge key by key, the child wins, lists and scalars are replaced.
+
+    A child dict with ``_inherited_: false`` replaces the base's dict instead (as in PaddleSeg):
+    e.g. a ``train_dataset`` of another ``type`` whose keywords the base's must not leak into.
+    """
     out = copy.deepcopy(base)
     for key, value in child.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value.get(NO_INHERIT) is False:
+            out[key] = strip_no_inherit(value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = strip_no_inherit(value)
     return out
+
+
+def strip_no_inherit(node):
+    """A deep copy of ``node`` without ``_inherited_`` markers (they mean nothing once merged)."""
+    if isinstance(node, dict):
+        return {k: strip_no_inherit(v) for k, v in node.items() if k != NO_INHERIT}
+    if isinstance(node, list):
+        return [strip_no_inherit(v) for v in node]
+    return copy.deepcopy(node)
 
 
 def load_yaml(path: str, _chain: tuple[str, ...] = ()) -> dict:

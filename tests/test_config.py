@@ -23,6 +23,24 @@ def test_merge_child_wins_dicts_merge_lists_replace():
     assert base == {"a": {"x": 1, "y": [1, 2, 3]}, "b": 1}, "merge must not mutate its inputs"
 
 
+def test_inherited_false_replaces_the_base_dict(tmp_path):
+    write(tmp_path, "base.yml", """
+        train_dataset: {type: A, root: r, split: s}
+        model: {type: M, width: 8}
+        """)
+    path = write(tmp_path, "child.yml", """
+        _base_: base.yml
+        train_dataset:
+          _inherited_: false
+          type: Mixed
+          datasets: [{type: A, root: r, extra: {_inherited_: false, k: 1}}]
+        model: {width: 4}
+        """)
+    cfg = load_yaml(path)
+    assert cfg["train_dataset"] == {"type": "Mixed", "datasets": [{"type": "A", "root": "r", "extra": {"k": 1}}]}
+    assert cfg["model"] == {"type": "M", "width": 4}
+
+
 def test_base_chain_is_resolved_relative_to_each_file(tmp_path):
     write(tmp_path, "_base_/common.yml", """
         train: {iters: 100, lr: 0.1, augs: [a, b]}

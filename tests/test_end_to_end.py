@@ -1,4 +1,5 @@
-"""The demo pipeline in miniature: synthetic cohort → prepare → train → infer → submission → report.
+"""The demo pipeline in miniature: synthetic cohort → prepare → train (encoder, then sequence model
+on it, each on two processes) → infer → submission → report.
 
 Runs `script/demo.sh` itself (what `make demo` runs) on a tiny cohort and a tiny model, so the
 shell glue, the CLIs and the file formats between the stages are all exercised together.
@@ -18,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = """
 _base_: {base}
 iters: 4
-batch_size: 2
+batch_size: {batch}
 model:
   encoder: {{arch: mobilenet_v3_small, scale: 0.5, img_size: 32}}
   head: {{dim_feedforward: 16}}
@@ -39,10 +40,12 @@ val_dataset:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
-    config = tmp / "tiny.yml"
-    config.write_text(TINY.format(base=os.path.join(ROOT, "config", "demo_cpu.yml")))
-    env = dict(os.environ, PYTHON=sys.executable, DEMO_OUT=str(tmp / "out"), DEMO_CONFIG=str(config),
-               DEMO_SERIES="8", DEMO_SIZE="64", DEMO_SLICES="6", DEMO_SAVE_INTERVAL="2", OMP_NUM_THREADS="1")
+    configs = {}
+    for stage, base, batch in (("PRETRAIN_CONFIG", "demo_cpu_pretrain.yml", 4), ("CONFIG", "demo_cpu.yml", 1)):
+        configs[f"DEMO_{stage}"] = str(tmp / base)
+        (tmp / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch))
+    env = dict(os.environ, PYTHON=sys.executable, DEMO_OUT=str(tmp / "out"), DEMO_SERIES="8", DEMO_SIZE="64",
+               DEMO_SLICES="6", DEMO_SAVE_INTERVAL="2", DEMO_PROCS="2", OMP_NUM_THREADS="1", **configs)
     proc = subprocess.run(["bash", os.path.join(ROOT, "script", "demo.sh")], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -71,7 +74,11 @@ def test_demo_submission_matches_the_sample(demo_run):
 
 
 def test_demo_left_a_checkpoint_and_a_report(demo_run):
-    out, _ = demo_run
+    out, stdout = demo_run
+    assert (out / "pretrain" / "iter_4").is_dir()
+    assert f"from {out / 'pretrain' / 'iter_4'}" in stdout  # stage 2 starts from stage 1 ...
+    assert re.search(r"loaded \d+ tensors, \d+ model tensors not in the file, 0 file tensors unused", stdout)
+    assert (out / "logs" / "train" / "workerlog.1").is_file()  # two training processes
     assert (out / "train" / "best_model").is_dir()
     assert (out / "train" / "iter_4").is_dir()
     assert (out / "report" / "index.html").is_file()

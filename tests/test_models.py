@@ -375,3 +375,37 @@ def test_head_lr_mult_scales_only_the_sequence_head(optimizer):
     assert not np.array_equal(encoder_before, model.encoder.head.weight.numpy())
     with pytest.raises(ValueError, match="head_lr_mult"):
         ICHSequenceClassifier(CNNEncoder(arch="resnet18"), head_lr_mult=-1)
+
+
+def test_frozen_encoder_keeps_its_weights_and_batchnorm_statistics():
+    paddle.seed(0)
+    encoder = CNNEncoder(arch="mobilenet_v3_small", scale=0.5, bn_momentum=0.5)
+    model = ICHSequenceClassifier(encoder, TransformerSequenceHead(dim_feedforward=16), freeze_encoder=True, residual=True)
+    before = {k: v.numpy().copy() for k, v in model.encoder.state_dict().items()}  # incl. BN running stats
+    head_before = model.head.decoder.weight.numpy().copy()
+    opt = paddle.optimizer.AdamW(learning_rate=1e-2, parameters=model.parameters())
+    model.train()
+    assert model.training and model.head.training and not any(m.training for m in model.encoder.sublayers())
+    x, mask = series(2, 4, 32), mask_of([4, 3], 4)
+    seq, _ = model(x, mask)
+    seq.mean().backward()
+    opt.step()
+    after = model.encoder.state_dict()
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key].numpy(), value, err_msg=key)
+    assert not np.array_equal(model.head.decoder.weight.numpy(), head_before)
+    with pytest.raises(ValueError, match="nothing to train"):
+        ICHSequenceClassifier(CNNEncoder(arch="mobilenet_v3_small", scale=0.5), sequential=False, freeze_encoder=True)
+
+
+def test_residual_head_starts_as_the_slice_model():
+    paddle.seed(0)
+    model = ICHSequenceClassifier(tiny_swin(), TransformerSequenceHead(init_range=0.0), residual=True)
+    x, mask = series(2, 5, 64), mask_of([3, 5], 5)
+    model.train()
+    seq, sl = model(x, mask)
+    np.testing.assert_allclose(seq.numpy(), sl.numpy(), atol=1e-6)
+    assert np.abs(sl.numpy()).max() > 0
+    # Not a copy: the sequence output has its own gradient path through the head.
+    seq.mean().backward()
+    assert np.abs(model.head.decoder.weight.grad.numpy()).max() > 0

@@ -97,6 +97,15 @@ def test_pseudo_table_format_filtering_and_dataset(root):
     assert len(item["image"]) == dataset.num_slices(index) == int((written["series_id"] == second).sum()) - 1
     assert meta.loc[uncertain_slice, "slice_id"] not in item["slice_ids"]
     assert np.isfinite(item["label"]).all()
+    # Training windows run over the kept slices only, and images match their slice ids.
+    windowed = PseudoSeriesDataset(root, "test_pseudo", TRANSFORMS, max_slices=2)
+    for epoch in range(4):
+        part = windowed[(index, epoch)]
+        assert len(part["slice_ids"]) == len(part["image"]) == 2
+        at = [item["slice_ids"].index(s) for s in part["slice_ids"]]
+        assert at[1] == at[0] + 1
+        np.testing.assert_array_equal(part["label"], item["label"][at])
+        np.testing.assert_array_equal(part["image"], item["image"][at])
 
 
 def test_cli_with_a_teacher_checkpoint_and_its_refusals(root, tmp_path, capsys):

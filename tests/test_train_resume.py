@@ -129,6 +129,9 @@ def test_bad_input_stops_with_one_line_naming_the_path(setup, full_run, tmp_path
     os.remove(os.path.join(broken, "cache", "ID_train002.npy"))
     assert run_train(cfg, fresh, "--overwrite_save_dir", "-o", f"train_dataset.dataset_root={broken}") == 2
     one_error_line(capsys, "cache/ID_train002.npy", "cache file missing")
+    frozen = "{type: ICHSequenceClassifier, freeze_encoder: true, encoder: {type: CNNEncoder, arch: mobilenet_v3_small, scale: 0.5}}"
+    assert run_train(cfg, fresh, "--overwrite_save_dir", "-o", f"model={frozen}") == 2
+    one_error_line(capsys, cfg, "freeze_encoder", "would stay random")
     assert run_train(cfg, fresh, "--resume_model", str(full_run / "iter_99")) == 2
     one_error_line(capsys, "iter_99", "not found")
     assert run_train(cfg, fresh, "--overwrite_save_dir", "--resume_model", str(full_run / "iter_6"), "-o", "model.width=6") == 2

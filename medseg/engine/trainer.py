@@ -147,6 +147,9 @@ class Trainer:
         self.model = cfg.build("model")
         if opts.pretrained:
             ckpt.load_params(opts.pretrained, self.model, strict=False)
+        elif getattr(self.model, "freeze_encoder", False) and not opts.resume_model and not cfg.get("model.encoder.pretrained"):
+            raise ValueError(f"{cfg.path}: model.freeze_encoder is set but no weights are given (--pretrained or "
+                             "model.encoder.pretrained): the frozen encoder would stay random")
         # The schedule spans ``iters`` unless the config pins ``total_iters`` (then a run can be
         # stopped early with a smaller --iters and resumed on the same schedule).
         span = {} if cfg.get("lr_scheduler.total_iters") is not None else {"total_iters": self.iters}

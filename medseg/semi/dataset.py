@@ -23,12 +23,14 @@ from medseg.semi.leakage import DEFAULT_EXCLUDE, check_pseudo_file
 @DATASETS.add_component
 class PseudoSeriesDataset(RSNASeriesDataset):
     """Series of a pseudo-labelled tag; ``exclude_splits`` are the tags it must not overlap
-    (the labelled training tag(s) of the run; validation is always checked)."""
+    (the labelled training tag(s) of the run; validation is always checked). ``max_slices`` windows
+    run over the slices the confidence filter kept."""
 
     def __init__(self, dataset_root: str, split: str = "test_pseudo", transforms: Sequence[Transform] = (),
-                 per_slice: bool = True, seed: int = 0, exclude_splits: Sequence[str] = DEFAULT_EXCLUDE):
+                 per_slice: bool = True, seed: int = 0, exclude_splits: Sequence[str] = DEFAULT_EXCLUDE,
+                 max_slices: int | None = None):
         check_pseudo_file(dataset_root, split, list(exclude_splits))
-        super().__init__(dataset_root, split, transforms, per_slice, seed)
+        super().__init__(dataset_root, split, transforms, per_slice, seed, max_slices)
         self.exclude_splits = list(exclude_splits)
         self.keep = np.isfinite(self.labels).all(axis=1)  # False = dropped by the confidence filter
         for index, sid in enumerate(self.series_ids):
@@ -42,12 +44,13 @@ class PseudoSeriesDataset(RSNASeriesDataset):
     def __getitem__(self, key: Any) -> dict[str, Any]:
         index, epoch = split_key(key)
         start, end = int(self.starts[index]), int(self.ends[index])
-        keep = self.keep[start:end]
-        slices = [s for s, k in zip(self.load_slices(index), keep) if k]
-        slices = self.transforms(slices, self.rng(index, epoch))
+        lo, hi = self.window(index, epoch)  # over the kept slices
+        kept = np.flatnonzero(self.keep[start:end])[lo:hi]
+        slices = self.load_slices(index, int(kept[0]), int(kept[-1]) + 1)
+        slices = self.transforms([slices[i - kept[0]] for i in kept], self.rng(index, epoch))
         return {
             "image": np.stack(slices).astype(np.float32, copy=False),
-            "label": self.labels[start:end][keep].copy(),
+            "label": self.labels[start + kept].copy(),
             "series_id": self.series_ids[index],
-            "slice_ids": [str(s) for s in self.slice_ids[start:end][keep]],
+            "slice_ids": [str(s) for s in self.slice_ids[start + kept]],
         }
