@@ -9,7 +9,9 @@
 # A control separates the pseudo-labels from the extra training: the same student recipe (same
 # start, iterations, noise) with the pseudo-labelled source's ratio set to 0 (SEMI_CONTROL=1).
 # About 12 minutes on two CPU cores (+4 with the control). Knobs: SEMI_SERIES, SEMI_FRACTION,
-# TEACHER_ITERS, STUDENT_ITERS, SEMI_TEMPERATURE, SEMI_SEED, SEMI_CONTROL, SEMI_PROCS.
+# TEACHER_ITERS, STUDENT_ITERS, SEMI_TEMPERATURE, SEMI_SEED, SEMI_CONTROL, SEMI_PROCS,
+# SEMI_PSEUDO_FLAGS (more medseg.semi.pseudo_label flags, e.g. "--uncertain_band 0.1 0.9 --drop
+# slice"), SEMI_RATIOS (labelled : pseudo share of the student's epochs, default "[1, 1]").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -49,10 +51,11 @@ TEACHER=$OUT/teacher/iter_$TEACHER_ITERS
 echo "== 4/6 pseudo-labels: train_unlabelled + test -> $DATA/semi_pseudo_meta.csv"
 "$PYTHON" -m medseg.semi.pseudo_label --config config/semi/teacher_synthetic.yml --model "$TEACHER" \
     --split train_unlabelled test --out "$DATA/semi_pseudo_meta.csv" --exclude train_labelled val \
-    --temperature "${SEMI_TEMPERATURE:-1.0}" 2> "$OUT/pseudo_label.log"
+    --temperature "${SEMI_TEMPERATURE:-1.0}" ${SEMI_PSEUDO_FLAGS:-} 2> "$OUT/pseudo_label.log"
 
 echo "== 5/6 student: $STUDENT_ITERS iterations on train_labelled + semi_pseudo, from the teacher"
-train student config/semi/student_synthetic.yml "$STUDENT_ITERS" --pretrained "$TEACHER"
+train student config/semi/student_synthetic.yml "$STUDENT_ITERS" --pretrained "$TEACHER" \
+    -o "train_dataset.ratios=${SEMI_RATIOS:-[1, 1]}"
 STUDENT=$OUT/student/iter_$STUDENT_ITERS
 MODELS="teacher:$TEACHER student:$STUDENT"
 if [ "${SEMI_CONTROL:-0}" = 1 ]; then
