@@ -92,25 +92,23 @@ def atomic_save_npy_stream(path: str, shape: tuple[int, ...], dtype: np.dtype, i
     Returns the count; no file when it is 0."""
     header = _npy_header(shape, dtype)
     count = 0
-    try:
-        with atomic_open(path, "w+b") as fh:
-            fh.write(header)
-            for item in items:
-                data = np.ascontiguousarray(item, dtype=dtype).data
-                fh.write(data)  # a 512^2 slice exceeds the write buffer: it is in the kernel now
-                _start_writeback(fh.fileno(), len(header) + count * data.nbytes, data.nbytes)
-                count += 1
-            if count == 0:
-                raise _NothingWritten
-            if count != shape[0]:  # rare (a slice failed to decode): rewrite behind the right header
-                fh.seek(len(header))
-                written = fh.read()
-                fh.seek(0)
-                fh.truncate()
-                fh.write(_npy_header((count, *shape[1:]), dtype))
-                fh.write(written)
-    except _NothingWritten:
-        pass
+    # suppress wraps atomic_open: the empty temporary file is removed before the exception is dropped
+    with contextlib.suppress(_NothingWritten), atomic_open(path, "w+b") as fh:
+        fh.write(header)
+        for item in items:
+            data = np.ascontiguousarray(item, dtype=dtype).data
+            fh.write(data)  # a 512^2 slice exceeds the write buffer: it is in the kernel now
+            _start_writeback(fh.fileno(), len(header) + count * data.nbytes, data.nbytes)
+            count += 1
+        if count == 0:
+            raise _NothingWritten
+        if count != shape[0]:  # rare (a slice failed to decode): rewrite behind the right header
+            fh.seek(len(header))
+            written = fh.read()
+            fh.seek(0)
+            fh.truncate()
+            fh.write(_npy_header((count, *shape[1:]), dtype))
+            fh.write(written)
     return count
 
 
