@@ -3,7 +3,9 @@
 Generates a synthetic Kaggle-layout set (reused across runs), warms the page cache, then times on
 the same files with the same worker count:
 
-- ours: the whole ``prepare`` (header scan, labels, split, windows, crop, cache, meta CSVs);
+- ours: the whole ``prepare`` (header scan, labels, split, windows, crop, cache, meta CSVs), as
+  run by default (cache files not fsynced) and with ``--fsync`` (every cache file on disk before
+  its rename: the wait for the disk is in the time);
 - original: header scan to group/sort, then per series SimpleITK ``ReadImage(file list)``, three
   uint8 windows with the same formula, ``np.savez_compressed`` (the truncated file is left out,
   it would crash SimpleITK);
@@ -138,9 +140,9 @@ def run_original(files: list[str], out: str, workers: int, skip: set[str]) -> fl
     return time.perf_counter() - start
 
 
-def run_ours(raw: str, out: str, workers: int) -> float:
+def run_ours(raw: str, out: str, workers: int, fsync: bool = False) -> float:
     start = time.perf_counter()
-    prepare(raw, out, workers=workers, val_fraction=0.2, seed=0)
+    prepare(raw, out, workers=workers, val_fraction=0.2, seed=0, fsync=fsync)
     return time.perf_counter() - start
 
 
@@ -212,7 +214,7 @@ def main() -> None:
         with open(path, "rb") as fh:
             fh.read()
     truncated = {os.path.join(raw, cohort["truncated_file"])}
-    outs = {name: os.path.join(args.work, f"out_{name}") for name in ("ours", "original")}
+    outs = {name: os.path.join(args.work, f"out_{name}") for name in ("ours", "ours_fsync", "original")}
     for path in outs.values():
         shutil.rmtree(path, ignore_errors=True)
     n = len(files)
@@ -221,6 +223,7 @@ def main() -> None:
         "floor": lambda: run_floor(good, args.workers),
         "original": lambda: run_original(files, outs["original"], args.workers, truncated),
         "ours": lambda: run_ours(raw, outs["ours"], args.workers),
+        "ours_fsync": lambda: run_ours(raw, outs["ours_fsync"], args.workers, fsync=True),
     }
     wall, cpu = defaultdict(list), defaultdict(list)
     for _ in range(args.repeats):  # interleaved, best of N: the machine is shared
@@ -238,13 +241,15 @@ def main() -> None:
         shutil.rmtree(path, ignore_errors=True)
     print(f"\n{n} files ({args.series} series x {args.slices} slices, {args.size}x{args.size}), {args.workers} workers")
     print(f"{'method':<46}{'wall s':>8}{'slices/s':>10}{'CPU s':>8}{'slices/CPU s':>14}")
-    labels = {"ours": "ours (medseg.data.prepare, whole run)", "original": "original (SimpleITK + savez_compressed)",
-              "floor": "floor (dcmread + pixel_array + modality LUT)"}
-    for name in ("ours", "original", "floor"):
+    labels = {"ours": "ours (medseg.data.prepare, whole run)", "ours_fsync": "ours with --fsync",
+              "original": "original (SimpleITK + savez_compressed)", "floor": "floor (dcmread + pixel_array + modality LUT)"}
+    for name in ("ours", "ours_fsync", "original", "floor"):
         print(f"{labels[name]:<46}{seconds[name]:>8.2f}{n / seconds[name]:>10.0f}{cpu_seconds[name]:>8.2f}{n / cpu_seconds[name]:>14.0f}")
     for other, target in (("original", 3.0), ("floor", 0.6)):
         print(f"ours / {other:<9} wall {seconds[other] / seconds['ours']:.2f}x, CPU {cpu_seconds[other] / cpu_seconds['ours']:.2f}x "
               f"(target >= {target})")
+    print(f"ours --fsync / floor wall {seconds['floor'] / seconds['ours_fsync']:.2f}x, "
+          f"CPU {cpu_seconds['floor'] / cpu_seconds['ours_fsync']:.2f}x (for information: waits for the disk)")
     print(f"peak RSS of one worker process, {rss_slices}-slice {args.size}^2 series: {rss:.0f} MiB "
           f"(imports and header scan alone: {baseline:.0f} MiB; target < 1024)")
 

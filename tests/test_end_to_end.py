@@ -22,7 +22,7 @@ iters: 4
 batch_size: {batch}
 model:
   encoder: {{arch: mobilenet_v3_small, scale: 0.5, img_size: 32}}
-  head: {{dim_feedforward: 16}}
+  head: {head}
 train_dataset:
   transforms:
     - {{type: RandomResizedCrop, size: 32, scale: [0.8, 1.2]}}
@@ -41,9 +41,10 @@ val_dataset:
 def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     configs = {}
-    for stage, base, batch in (("PRETRAIN_CONFIG", "demo_cpu_pretrain.yml", 4), ("CONFIG", "demo_cpu.yml", 1)):
+    for stage, base, batch, head in (("PRETRAIN_CONFIG", "demo_cpu_pretrain.yml", 4, "{dim_feedforward: 16}"),
+                                     ("CONFIG", "demo_cpu.yml", 1, "{hidden_size: 16}")):  # stage 2: BiGRU head
         configs[f"DEMO_{stage}"] = str(tmp / base)
-        (tmp / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch))
+        (tmp / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch, head=head))
     env = dict(os.environ, PYTHON=sys.executable, DEMO_OUT=str(tmp / "out"), DEMO_SERIES="8", DEMO_SIZE="64",
                DEMO_SLICES="6", DEMO_SAVE_INTERVAL="2", DEMO_PROCS="2", OMP_NUM_THREADS="1", **configs)
     proc = subprocess.run(["bash", os.path.join(ROOT, "script", "demo.sh")], env=env, capture_output=True,

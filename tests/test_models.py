@@ -254,6 +254,10 @@ def test_yaml_builds_nested_encoder_and_head():
     assert isinstance(model, ICHSequenceClassifier) and model.head.d_model == model.encoder.feature_dim == 16
     with pytest.raises(ValueError, match="d_model=32"):
         ICHSequenceClassifier(model.encoder, TransformerSequenceHead(d_model=32))
+    with pytest.raises(ValueError, match=r"model.head has no 'type'.*replaces the\s+whole dict"):
+        ICHSequenceClassifier(model.encoder, {"init_range": 0.0})  # what -o model.head={init_range: 0} gives
+    with pytest.raises(ValueError, match="model.encoder has no 'type'"):
+        ICHSequenceClassifier({"arch": "resnet18"})
 
 
 def test_paper_configuration_has_95_98_million_parameters():
@@ -360,6 +364,14 @@ def test_model_info_cli(capsys):
     assert f"parameters: {params(model) / 1e6:.2f} M total" in out and "GFLOPs per slice" in out and "multiply-accumulates" in out
     info = model_info.model_info(model, 64)
     assert 0.1 < info.encoder_gflops < 0.2  # ResNet-18: 1.82 GMACs at 224 px, x (64/224)^2
+
+
+def test_model_info_counts_the_bigru_head():
+    model = ICHSequenceClassifier(CNNEncoder(arch="resnet18"), BiGRUSequenceHead(hidden_size=16, num_layers=2))
+    info = model_info.model_info(model, 32, seq_len=10)
+    # per slice: layer 1, two directions, 3 gates x 16 x (512 + 16); layer 2 input 32; decoder 32 x 6
+    expected = 2 * 3 * 16 * (512 + 16) + 2 * 3 * 16 * (32 + 16) + 32 * 6
+    assert info.head_gflops * 1e9 == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("optimizer", [paddle.optimizer.AdamW, paddle.optimizer.Momentum])

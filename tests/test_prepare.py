@@ -124,16 +124,58 @@ def test_invalid_cache_is_rebuilt(prepared, tmp_path):
     record = npy[:-4] + ".json"
     np.save(npy, np.zeros((1, 2, 2, 3), np.uint8))  # wrong shape: e.g. an older run
     os.unlink(os.path.join(copy, "cache", "ID_serB.json"))  # array without its record
+    cut = os.path.join(copy, "cache", "ID_serC.npy")  # cut short, as a power cut can leave an unsynced file
+    os.truncate(cut, os.path.getsize(cut) // 2)
     assert read_valid_record(npy, record, [], "40/80") is None
     leftovers = [os.path.join(copy, "cache", ".ID_serC.npy.k9x.tmp"), os.path.join(copy, ".train_meta.csv.k9x.tmp")]
     foreign = os.path.join(copy, ".someone_else.csv.k9x.tmp")  # another tool's write in progress
     for path in leftovers + [foreign]:
         open(path, "wb").close()
     summary = prepare(raw, copy, workers=1, val_fraction=0.34, seed=7)
-    assert summary.reused == 6
+    assert summary.reused == 5
     assert not any(os.path.exists(p) for p in leftovers) and os.path.exists(foreign)
     os.unlink(foreign)
     _assert_same_tree(out, copy)
+
+
+def test_cache_is_fsynced_only_on_request(prepared, tmp_path, monkeypatch):
+    _, raw, out, _ = prepared
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    prepare(raw, str(tmp_path / "plain"), workers=1, val_fraction=0.34, seed=7)
+    assert len(synced) == 4 and not any(os.sep + "cache" + os.sep in p for p in synced)  # 3 meta tables + errors
+    synced.clear()
+    prepare(raw, str(tmp_path / "durable"), workers=1, val_fraction=0.34, seed=7, fsync=True)
+    cached = glob.glob(os.path.join(out, "cache", "*.npy")) + glob.glob(os.path.join(out, "cache", "*.json"))
+    assert sum(os.sep + "cache" + os.sep in p for p in synced) == len(cached) and len(synced) == len(cached) + 4
+    _assert_same_tree(str(tmp_path / "plain"), str(tmp_path / "durable"))
+    _assert_same_tree(out, str(tmp_path / "plain"))
+
+
+def test_workers_start_preloaded_from_any_folder(tmp_path):
+    """Python 3.11's fork server ignores the caller's sys.path: without the fix, a run from outside
+    the repository made every worker import pandas and friends itself."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "PRELOADED = 'pandas' in sys.modules  # a worker imports this file after the fork server's preload\n"
+        f"sys.path.insert(0, {ROOT!r})\n"
+        "from medseg.data.prepare import _worker_pool\n"
+        "def preloaded(_):\n"
+        "    return PRELOADED\n"
+        "if __name__ == '__main__':\n"
+        "    with _worker_pool(2) as pool:\n"
+        "        print(pool.map(preloaded, range(2)))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[True, True]"
 
 
 def test_cli_windows_and_split_args(prepared, tmp_path, capsys):

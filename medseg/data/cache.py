@@ -3,7 +3,10 @@
 Why uncompressed ``.npy``: the loader reads a whole series per item; ``np.load(mmap_mode="r")``
 maps it without decompression (the original's ``savez_compressed`` spent most of its load time
 inflating). The record is written after the array, both atomically, so a record whose array
-matches it marks a finished series; a rerun after ``kill -9`` skips exactly those.
+matches it marks a finished series; a rerun after ``kill -9`` skips exactly those. Both are
+fsynced only on request (``durable``): the cache is derived data, and a rerun after a power cut
+finds a file the disk lost or cut short (no record, or an array shorter than its header says) and
+rebuilds that series, so the default does not wait for the disk on every series.
 """
 
 from __future__ import annotations
@@ -48,12 +51,12 @@ def cache_paths(dataset_root: str, series_id: str) -> tuple[str, str, str]:
 
 
 def write_series(npy_path: str, record_path: str, shape: tuple[int, ...], slices: Iterable[np.ndarray],
-                 make_record: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+                 make_record: Callable[[int], dict[str, Any]], durable: bool = False) -> dict[str, Any]:
     """Array first, streamed from ``slices`` (``shape[0]`` expected, no file if none come), then
     the record ``make_record(count)``: the record's existence implies a complete array."""
-    count = atomic_save_npy_stream(npy_path, shape, np.uint8, slices)
+    count = atomic_save_npy_stream(npy_path, shape, np.uint8, slices, durable=durable)
     record = make_record(count)
-    atomic_write_json(record_path, record)
+    atomic_write_json(record_path, record, durable=durable)
     return record
 
 

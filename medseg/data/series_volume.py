@@ -135,8 +135,9 @@ def build_volume(task: SeriesTask, windows: tuple[Window, ...]) -> tuple[np.ndar
     return volume[: len(done)], [index for index, _ in done], [crop for _, crop in done], errors
 
 
-def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, ...]) -> dict:
-    """Build (or reuse, if complete and valid) one series' cache; returns its record.
+def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, ...], durable: bool = False) -> dict:
+    """Build (or reuse, if complete and valid) one series' cache; returns its record. ``durable``:
+    fsync the cache files (see :mod:`medseg.data.cache`).
 
     The slices are streamed to the cache file through one reused buffer, not stacked first: a
     ~25 MB volume per series costs more in fresh pages than the windowing itself.
@@ -175,6 +176,6 @@ def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, .
             "errors": [list(e) for e in errors],
         }
 
-    record = cache_io.write_series(npy_path, record_path, (len(task.files), *image.shape), images(), make_record)
+    record = cache_io.write_series(npy_path, record_path, (len(task.files), *image.shape), images(), make_record, durable)
     record["reused"] = False
     return record

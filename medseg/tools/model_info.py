@@ -8,7 +8,8 @@ Swin and ResNet papers' "FLOPs". One 1×C×H×W slice runs through the encoder a
 head with forward hooks on every convolution and linear layer; Swin's window-attention matmuls
 (q·kᵀ and attn·v) are not layers, so they are added analytically. The sequence head is counted
 the same way over one series of ``--seq_len`` slices, divided by that length, plus its attention
-matmuls. Normalisation, activations, pooling and recurrent layers are not counted.
+and recurrent matmuls (a GRU step is one fused operator, invisible to layer hooks; it multiplies
+by each of its weight matrices once). Normalisation, activations and pooling are not counted.
 (``paddle.flops`` does the same layer walk but fails under numpy 2 — it calls ``int()`` on
 1-element arrays — hence the few lines of hooks here.)
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import paddle
 import paddle.nn as nn
+from paddle.nn.layer.rnn import RNNBase
 
 from medseg.config import Config
 from medseg.models.classifier import ICHSequenceClassifier
@@ -30,7 +32,7 @@ from medseg.models.heads.base import SequenceHead
 COUNTING = (
     "GFLOPs = 1e9 multiply-accumulates per slice: conv + linear layers over one slice through the "
     "encoder and per-slice head (+ Swin window-attention matmuls, counted analytically), plus the "
-    "sequence head per slice (a series of {seq_len} slices / {seq_len}, + its attention matmuls); "
+    "sequence head per slice (a series of {seq_len} slices / {seq_len}, + its attention and recurrent matmuls); "
     "norms, activations and pooling not counted."
 )
 
@@ -87,6 +89,17 @@ def _head_attention_macs(head: SequenceHead, seq_len: int) -> int:
     return sum(2 * seq_len * seq_len * m.embed_dim for m in layers)
 
 
+def _head_recurrent_macs(head: SequenceHead, seq_len: int) -> int:
+    """Input and hidden matmuls of every recurrent layer (GRU, LSTM, simple RNN), for the whole
+    series: each step multiplies by every weight matrix of every layer and direction once. The
+    forward hooks miss them: Paddle runs the cells inside one fused operator."""
+    weights = {}
+    for layer in head.sublayers():
+        if isinstance(layer, RNNBase):
+            weights.update((id(p), int(p.numel())) for n, p in layer.named_parameters() if n.rsplit(".", 1)[-1].startswith("weight"))
+    return seq_len * sum(weights.values())
+
+
 def model_info(model: ICHSequenceClassifier, img_size: int, in_chans: int = 3, seq_len: int = 40, name: str = "") -> ModelInfo:
     """Count parameters and per-slice GMACs of ``model`` (runs one slice and one series)."""
     model.eval()
@@ -97,7 +110,7 @@ def model_info(model: ICHSequenceClassifier, img_size: int, in_chans: int = 3, s
     head_macs = 0.0
     if model.head is not None:
         series = _conv_linear_macs(model.head, paddle.zeros([1, seq_len, encoder.feature_dim]), paddle.ones([1, seq_len], dtype="bool"))
-        head_macs = (series + _head_attention_macs(model.head, seq_len)) / seq_len
+        head_macs = (series + _head_attention_macs(model.head, seq_len) + _head_recurrent_macs(model.head, seq_len)) / seq_len
     enc_name = type(encoder).__name__
     detail = getattr(encoder, "variant", None) or getattr(encoder, "arch", None)
     return ModelInfo(

@@ -1,7 +1,9 @@
 """Atomic writes: write to a temporary file in the same folder, then ``os.replace``.
 
 A reader (or a rerun after ``kill -9``) sees either the old file or the complete new one, never
-a half-written file.
+a half-written file. By default the data are also fsynced before the rename, so the new file
+survives a power cut too; ``durable=False`` skips that wait for derived files that a rerun checks
+and rebuilds anyway (the prepare cache).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import numpy as np
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary sibling of ``path``; rename over ``path`` only if the block succeeds."""
+def atomic_open(path: str, mode: str = "w", durable: bool = True, **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary sibling of ``path``; rename over ``path`` only if the block succeeds
+    (after an fsync when ``durable``)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
@@ -31,7 +34,8 @@ def atomic_open(path: str, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -39,13 +43,13 @@ def atomic_open(path: str, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
         raise
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as fh:
+def atomic_write_text(path: str, text: str, durable: bool = True) -> None:
+    with atomic_open(path, "w", durable=durable, encoding="utf-8") as fh:
         fh.write(text)
 
 
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: str, obj: Any, durable: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", durable=durable)
 
 
 def atomic_save_npy(path: str, array: np.ndarray) -> None:
@@ -85,20 +89,23 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return out.getvalue()
 
 
-def atomic_save_npy_stream(path: str, shape: tuple[int, ...], dtype: np.dtype, items: Iterable[np.ndarray]) -> int:
+def atomic_save_npy_stream(path: str, shape: tuple[int, ...], dtype: np.dtype, items: Iterable[np.ndarray],
+                           durable: bool = True) -> int:
     """``np.save`` of ``np.stack(items)`` atomically, byte for byte, without holding the stack:
-    each item (shape ``shape[1:]``) is written, and its write-back started, as it comes.
-    ``shape[0]`` is the expected count; the header is rewritten if another count arrives.
-    Returns the count; no file when it is 0."""
+    each item (shape ``shape[1:]``) is written as it comes (and, when ``durable``, its write-back
+    started, so the closing fsync waits less). ``shape[0]`` is the expected count; the header is
+    rewritten if another count arrives. Returns the count; no file when it is 0."""
     header = _npy_header(shape, dtype)
     count = 0
+    start_writeback = _start_writeback if durable else None
     # suppress wraps atomic_open: the empty temporary file is removed before the exception is dropped
-    with contextlib.suppress(_NothingWritten), atomic_open(path, "w+b") as fh:
+    with contextlib.suppress(_NothingWritten), atomic_open(path, "w+b", durable=durable) as fh:
         fh.write(header)
         for item in items:
             data = np.ascontiguousarray(item, dtype=dtype).data
             fh.write(data)  # a 512^2 slice exceeds the write buffer: it is in the kernel now
-            _start_writeback(fh.fileno(), len(header) + count * data.nbytes, data.nbytes)
+            if start_writeback is not None:
+                start_writeback(fh.fileno(), len(header) + count * data.nbytes, data.nbytes)
             count += 1
         if count == 0:
             raise _NothingWritten
