@@ -7,11 +7,11 @@
 # (config/semi/*_synthetic.yml), trained on two processes (paddle.distributed.launch, gloo).
 # Prints both weighted log losses and their ratio; the target is student <= 0.95 x teacher.
 # A control separates the pseudo-labels from the extra training: the same student recipe (same
-# start, iterations, noise) with the pseudo-labelled source's ratio set to 0 (SEMI_CONTROL=1).
-# About 12 minutes on two CPU cores (+4 with the control). Knobs: SEMI_SERIES, SEMI_FRACTION,
+# start, iterations, noise) with the pseudo-labelled source's ratio set to 0 (on by default;
+# SEMI_CONTROL=0 skips it). About 20 minutes on two CPU cores (15 without the control). Knobs: SEMI_SERIES, SEMI_FRACTION,
 # TEACHER_ITERS, STUDENT_ITERS, SEMI_TEMPERATURE, SEMI_SEED, SEMI_CONTROL, SEMI_PROCS,
 # SEMI_PSEUDO_FLAGS (more medseg.semi.pseudo_label flags, e.g. "--uncertain_band 0.1 0.9 --drop
-# slice"), SEMI_RATIOS (labelled : pseudo share of the student's epochs, default "[1, 1]").
+# slice"), SEMI_RATIOS (labelled : pseudo share of the student's epochs; the config's [1, 3]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -20,7 +20,7 @@ OUT=bench_output/semi          # config/semi/*_synthetic.yml read bench_output/s
 DATA=$OUT/prepared
 SEED=${SEMI_SEED:-0}
 PROCS=${SEMI_PROCS:-2}
-TEACHER_ITERS=${TEACHER_ITERS:-500}
+TEACHER_ITERS=${TEACHER_ITERS:-1000}
 STUDENT_ITERS=${STUDENT_ITERS:-500}
 START=$(date +%s)
 rm -rf "$DATA" "$OUT"/*_val.csv "$OUT"/*_val_metrics.json  # nothing stale from an earlier run
@@ -55,10 +55,10 @@ echo "== 4/6 pseudo-labels: train_unlabelled + test -> $DATA/semi_pseudo_meta.cs
 
 echo "== 5/6 student: $STUDENT_ITERS iterations on train_labelled + semi_pseudo, from the teacher"
 train student config/semi/student_synthetic.yml "$STUDENT_ITERS" --pretrained "$TEACHER" \
-    -o "train_dataset.ratios=${SEMI_RATIOS:-[1, 1]}"
+    ${SEMI_RATIOS:+-o "train_dataset.ratios=$SEMI_RATIOS"}
 STUDENT=$OUT/student/iter_$STUDENT_ITERS
 MODELS="teacher:$TEACHER student:$STUDENT"
-if [ "${SEMI_CONTROL:-0}" = 1 ]; then
+if [ "${SEMI_CONTROL:-1}" = 1 ]; then
     echo "   control: the same run without the pseudo-labelled source (ratios [1, 0])"
     train control config/semi/student_synthetic.yml "$STUDENT_ITERS" --pretrained "$TEACHER" \
         -o "train_dataset.ratios=[1, 0]"
