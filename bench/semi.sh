@@ -8,8 +8,8 @@
 # Prints both weighted log losses and their ratio; the target is student <= 0.95 x teacher.
 # A control separates the pseudo-labels from the extra training: the same student recipe (same
 # start, iterations, noise) with the pseudo-labelled source's ratio set to 0 (on by default;
-# SEMI_CONTROL=0 skips it). About 20 minutes on two CPU cores (15 without the control). Knobs: SEMI_SERIES, SEMI_FRACTION,
-# TEACHER_ITERS, STUDENT_ITERS, SEMI_TEMPERATURE, SEMI_SEED, SEMI_CONTROL, SEMI_PROCS,
+# SEMI_CONTROL=0 skips it). About 20 minutes on two CPU cores (15 without the control).
+# Knobs: SEMI_SERIES, SEMI_FRACTION, TEACHER_ITERS, STUDENT_ITERS, SEMI_TEMPERATURE, SEMI_SEED, SEMI_CONTROL, SEMI_PROCS,
 # SEMI_PSEUDO_FLAGS (more medseg.semi.pseudo_label flags, e.g. "--uncertain_band 0.1 0.9 --drop
 # slice"), SEMI_RATIOS (labelled : pseudo share of the student's epochs; the config's [1, 3]).
 set -euo pipefail
