@@ -126,8 +126,10 @@ def build(cfg: Any, managers: Iterable[ComponentManager] | ComponentManager | No
     """Build a component from a config value.
 
     A dict with ``type`` becomes ``Class(**rest)``; nested dicts with ``type`` and lists of them
-    are built first (depth first). Other values come back unchanged. ``extra`` keyword arguments
-    are passed to the top-level call only (for run-time objects such as a model's parameters).
+    are built first (depth first). Other values come back unchanged, except a dict without
+    ``type`` when ``managers`` are given: the caller wants a component, so that is an error.
+    ``extra`` keyword arguments are passed to the top-level call only (for run-time objects such
+    as a model's parameters).
     """
     if isinstance(managers, ComponentManager):
         managers = [managers]
@@ -136,6 +138,8 @@ def build(cfg: Any, managers: Iterable[ComponentManager] | ComponentManager | No
     if not isinstance(cfg, dict):
         return cfg
     if "type" not in cfg:
+        if managers is not None:
+            _missing_type(managers, where)
         return {k: build(v, None, f"{where}.{k}" if where else k) for k, v in cfg.items()}
     cfg = dict(cfg)
     name = cfg.pop("type")
@@ -144,6 +148,16 @@ def build(cfg: Any, managers: Iterable[ComponentManager] | ComponentManager | No
     kwargs.update(extra)
     _check_signature(factory, kwargs, where or name)
     return factory(**kwargs)
+
+
+def _missing_type(managers: list[ComponentManager], where: str) -> None:
+    """Typically a ``-o key={...}`` override, which replaces the whole dict: say so, rather than
+    let a plain dict fail further on as the wrong kind of object."""
+    _import_components()
+    known = ", ".join(sorted({n for m in managers for n in m.names}))
+    key = where.rsplit(": ", 1)[-1] or "<key>"
+    raise ConfigError(f"{where or '<config>'} has no 'type' (e.g. {known}); note that -o {key}={{...}} replaces the "
+                      f"whole dict, so give every key there or set single keys with -o {key}.<key>=<value>")
 
 
 _IMPORTED = False

@@ -14,14 +14,6 @@ from medseg.utils.logger import get_logger
 logger = get_logger("models")
 
 
-def _require_type(cfg: object, where: str, examples: str) -> None:
-    """A component dict without ``type`` (typically a ``-o key={...}`` override, which replaces the
-    whole dict) gets an error that says so instead of a type mismatch further on."""
-    if isinstance(cfg, dict) and "type" not in cfg:
-        raise ValueError(f"{where} has no 'type' (e.g. {examples}); note that -o {where}={{...}} replaces the "
-                         f"whole dict, so give every key there or set single keys with -o {where}.<key>=<value>")
-
-
 @MODELS.add_component
 class ICHSequenceClassifier(nn.Layer):
     """``model(image [B, S, C, H, W], mask [B, S] bool)`` as fixed in docs/design.md.
@@ -68,7 +60,6 @@ class ICHSequenceClassifier(nn.Layer):
         super().__init__()
         if head_lr_mult < 0:
             raise ValueError(f"head_lr_mult must be >= 0, got {head_lr_mult}")
-        _require_type(encoder, "model.encoder", "SwinTransformer, CNNEncoder")
         if isinstance(encoder, dict):
             encoder = build(encoder, ENCODERS, "model.encoder")
         if not isinstance(encoder, SliceEncoder):
@@ -93,7 +84,6 @@ class ICHSequenceClassifier(nn.Layer):
         if head is None:
             head = TransformerSequenceHead(num_classes=num_classes)
         elif isinstance(head, dict):
-            _require_type(head, "model.head", "TransformerSequenceHead, BiGRUSequenceHead")
             head = build(head, HEADS, "model.head")
         if not isinstance(head, SequenceHead):
             raise TypeError(f"model.head must be a SequenceHead, got {type(head).__name__}")
