@@ -140,17 +140,20 @@ def check_transfer_syntax(ds: pydicom.Dataset, path: str) -> None:
         raise UnsupportedTransferSyntaxError(path, f"transfer syntax {tsyntax.name} needs a decoder plugin that is not installed")
 
 
-def _pydicom_pixels(ds: pydicom.Dataset, path: str) -> tuple[int, int | None]:
-    """``(length, offset)`` of PixelData, checked without reading it; offset None when pydicom
-    holds the value (it is not a deferred raw element)."""
+def _pydicom_pixels(ds: pydicom.Dataset, path: str) -> tuple[int, int | None, int]:
+    """``(length, offset, file size)`` of PixelData, checked without reading it; offset None when
+    pydicom holds the value (it is not a deferred raw element)."""
     element = ds.get_item(PIXEL_DATA, keep_deferred=True)
     if element is None:
         raise MissingPixelDataError(path, "no PixelData element")
     check_transfer_syntax(ds, path)
-    return element.length, element.value_tell if isinstance(element, pydicom.dataelem.RawDataElement) else None
+    if not isinstance(element, pydicom.dataelem.RawDataElement):
+        return element.length, None, 0
+    return element.length, element.value_tell, os.path.getsize(path)
 
 
-def locate_pixels(values: HeaderValues, path: str, tsyntax: str, length: int, offset: int | None) -> tuple[int | None, WordLayout | None]:
+def locate_pixels(values: HeaderValues, path: str, tsyntax: str, length: int, offset: int | None,
+                  file_size: int) -> tuple[int | None, WordLayout | None]:
     """``(offset, layout)`` of native pixel words, or ``(None, None)`` when pydicom must decode
     them (compressed, big-endian, unusual layouts); raises if PixelData is short."""
     allocated = int(values.get("BitsAllocated"))
@@ -160,7 +163,7 @@ def locate_pixels(values: HeaderValues, path: str, tsyntax: str, length: int, of
     expected = rows * cols * allocated // 8
     if length < expected:
         raise TruncatedPixelDataError(path, f"PixelData has {length} bytes, {rows}x{cols}x{allocated} bits needs {expected}")
-    on_disk = os.path.getsize(path) - offset
+    on_disk = file_size - offset
     if on_disk < expected:
         raise TruncatedPixelDataError(path, f"file ends {max(on_disk, 0)} bytes into PixelData, {expected} needed")
     return offset, word_layout(values)
@@ -171,15 +174,16 @@ def read_header(path: str) -> SliceHeader:
     path = str(path)
     plain = scan_plain(path)
     if plain is not None:
-        return _slice_header(path, plain.values, plain.transfer_syntax, lambda: (plain.pixel_length, plain.pixel_offset))
+        return _slice_header(path, plain.values, plain.transfer_syntax, lambda: (plain.pixel_length, plain.pixel_offset, plain.file_size))
     ds = read_dataset(path, stop_before_pixels=False, defer_size=DEFER_BYTES)
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     return _slice_header(path, ds, tsyntax, lambda: _pydicom_pixels(ds, path))
 
 
-def _slice_header(path: str, values: HeaderValues, tsyntax: str, pixel_data: Callable[[], tuple[int, int | None]]) -> SliceHeader:
+def _slice_header(path: str, values: HeaderValues, tsyntax: str, pixel_data: Callable[[], tuple[int, int | None, int]]) -> SliceHeader:
     """Check one parsed header and build its SliceHeader; ``pixel_data`` gives PixelData's
-    ``(length, offset)`` (or raises) once the slice is known to be CT."""
+    ``(length, offset, file size)`` (or raises) once the slice is known to be CT. The plain scan
+    already knows the size: no second stat per file."""
     series_id = str(values.get("SeriesInstanceUID", "") or "").strip()
     try:
         check_ct_slice(values, path)

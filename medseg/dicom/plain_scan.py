@@ -76,6 +76,7 @@ class PlainHeader:
     transfer_syntax: str
     pixel_length: int  # PixelData's length field
     pixel_offset: int  # file offset of its value
+    file_size: int
 
 
 def _element(buf: bytes, pos: int, implicit: bool) -> tuple[int, str | None, int, int]:
@@ -152,7 +153,7 @@ def _parse(buf: bytes, size: int) -> PlainHeader:
                 raise _NotPlain
             vr = VR.US if representation == 0 else VR.SS
         values[keyword] = _value(buf, vr, value_length, value_offset)
-    return PlainHeader(values, tsyntax, length, offset)
+    return PlainHeader(values, tsyntax, length, offset, size)
 
 
 def scan_plain(path: str) -> PlainHeader | None:
