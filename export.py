@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from medseg.config import Config
     from medseg.constants import DEFAULT_WINDOWS
     from medseg.data.windows import parse_windows
-    from medseg.engine.cli import run_cli
+    from medseg.utils.cli import run_cli
     from medseg.export import export_model
     from medseg.export.onnx import export_onnx
 

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from medseg.config import Config
     from medseg.engine import distributed as dist
-    from medseg.engine.cli import run_cli
-    from medseg.engine.predictor import run_inference
+    from medseg.utils.cli import run_cli
+    from medseg.engine.infer_split import infer_split
     from medseg.utils.logger import setup_logger
 
     def job() -> None:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = Config(args.config, args.overrides)
         model_dir = args.resume_model if os.path.isdir(args.resume_model) else os.path.dirname(args.resume_model)
         output = args.output or os.path.join(model_dir, f"predictions_{args.split}.csv")
-        _, metrics = run_inference(cfg, args.resume_model, args.split, output, args.num_workers,
+        _, metrics = infer_split(cfg, args.resume_model, args.split, output, args.num_workers,
                                    args.multigpu_infer, args.batch_size)
         if metrics is not None and dist.is_main():
             print(json.dumps(metrics, indent=2, sort_keys=True))

@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from medseg.engine.cli import run_cli
+    from medseg.utils.cli import run_cli
     from medseg.config import Config
     from medseg.engine.trainer import TrainOptions, train
 

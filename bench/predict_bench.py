@@ -4,7 +4,7 @@ The demo CNN config (ResNet-18 at 128 px + sequence transformer) with an untrain
 (weights do not change the cost), run two ways, each in its own process (so peak memory is its
 own): the training checkpoint in dygraph, and the same weights exported with ``export.py`` and
 run by Paddle Inference. Each process loads the model once, then predicts the study ``--reps``
-times through ``medseg.predict.run.predict_folder`` (header scan, decode, windows, crop,
+times through ``medseg.predict.run.folder_results`` (header scan, decode, windows, crop,
 transforms, model). Prints a table; targets: ≤ 3 s per study, exported ≥ 1.5× faster than
 dygraph for the model part, peak RSS ≤ 3 GiB.
 
@@ -58,8 +58,8 @@ def worker(model_path: str, study: str, reps: int, threads: int, probs_out: str)
     from medseg.config import Config
     from medseg.constants import DEFAULT_WINDOWS
     from medseg.predict.backend import load_model
-    from medseg.predict.preprocess import build_eval_transforms, eval_transform_config
-    from medseg.predict.run import predict_folder
+    from medseg.data.build import build_eval_transforms, eval_transform_config
+    from medseg.predict.run import folder_results
 
     cfg = Config(CONFIG)
     tic = time.perf_counter()
@@ -69,7 +69,7 @@ def worker(model_path: str, study: str, reps: int, threads: int, probs_out: str)
     totals, parts = [], []
     for _ in range(reps + 1):  # the first pass warms caches and kernels; not counted
         tic = time.perf_counter()
-        _, results, skipped, seconds = predict_folder(model, study, transforms, DEFAULT_WINDOWS, progress=False)
+        _, results, skipped, seconds = folder_results(model, study, transforms, DEFAULT_WINDOWS, progress=False)
         totals.append(time.perf_counter() - tic)
         parts.append(seconds)
     if skipped or len(results) != 1:

@@ -46,10 +46,10 @@ if "TinySeriesNet" not in MODELS:
             keep = mask.astype("float32").unsqueeze(-1)
             slice_logits = self.slice_head(feats) * keep
             if not self.sequential:
-                return (slice_logits,) if self.training else slice_logits
+                return {"slice": slice_logits}
             context = (feats * keep).sum(axis=1, keepdim=True) / keep.sum(axis=1, keepdim=True).clip(min=1.0)
             seq_logits = self.seq_head(paddle.concat([feats, context.expand_as(feats)], axis=-1)) * keep
-            return (seq_logits, slice_logits) if self.training else seq_logits
+            return {"sequence": seq_logits, "slice": slice_logits}
 
 
 def make_prepared(root: str, splits: dict[str, int] | None = None, size: int = 40, seed: int = 0,

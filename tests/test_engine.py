@@ -13,7 +13,7 @@ from medseg.config import Config
 from medseg.data.dataset import RSNASeriesDataset
 from medseg.data.transforms import Normalize, Resize, ToCHW
 from medseg.engine import checkpoint as ckpt
-from medseg.engine.evaluator import predict
+from medseg.engine.evaluator import predict_dataset
 from medseg.engine.losses import MaskedWeightedBCE, MixedLoss
 from medseg.engine.optim import AdamW, Momentum, WarmupCosine
 
@@ -52,11 +52,15 @@ def test_mixed_loss_coefficients_and_output_count():
     seq, sl = (paddle.to_tensor(rng.normal(size=(1, 3, 6)).astype(np.float32)) for _ in range(2))
     label, mask = paddle.to_tensor(rng.uniform(size=(1, 3, 6)).astype(np.float32)), paddle.ones([1, 3], dtype="bool")
     mixed = MixedLoss([MaskedWeightedBCE(), MaskedWeightedBCE()], [2, 1])
-    total, parts = mixed((seq, sl), label, mask)
+    total, parts = mixed({"slice": sl, "sequence": seq}, label, mask)  # picked by name, not position
     assert float(total) == pytest.approx(2 * float(MaskedWeightedBCE()(seq, label, mask)) + float(MaskedWeightedBCE()(sl, label, mask)), rel=1e-6)
     assert len(parts) == 2
-    with pytest.raises(ValueError, match="returned 1 outputs but the loss has 2"):
-        mixed((seq,), label, mask)
+    with pytest.raises(ValueError, match="no 'sequence' output"):
+        mixed({"slice": sl}, label, mask)
+    slice_only = MixedLoss([MaskedWeightedBCE()], [1], outputs=["slice"])
+    assert float(slice_only({"slice": sl}, label, mask)[0]) == pytest.approx(float(MaskedWeightedBCE()(sl, label, mask)), rel=1e-6)
+    with pytest.raises(ValueError, match="name the model output"):
+        MixedLoss([MaskedWeightedBCE()], [1])
 
 
 def test_warmup_cosine_matches_the_closed_form():
@@ -95,7 +99,7 @@ def test_checkpoints_atomic_prune_and_shape_check(tmp_path):
     model = TinySeriesNet(width=4)
     opt = Momentum(model.parameters(), 0.1)
     x, mask = paddle.rand([1, 2, 3, 8, 8]), paddle.ones([1, 2], dtype="bool")
-    model(x, mask)[0].sum().backward()
+    model(x, mask)["sequence"].sum().backward()
     opt.step()  # an optimizer with momentum state to save
     save = str(tmp_path / "run")
     for it in (1, 2, 3, 4, 5):
@@ -126,10 +130,10 @@ def test_predict_one_row_per_real_slice_in_order(tmp_path):
     root = make_prepared(str(tmp_path / "p"), {"val": 4}, size=40)
     ds = RSNASeriesDataset(root, "val", [Resize(32), Normalize(), ToCHW()])
     model = TinySeriesNet(width=4)
-    frame, labels = predict(model, ds, batch_size=3, sharded=False)
+    frame, labels = predict_dataset(model, ds, batch_size=3, sharded=False)
     meta_ids = [s for i in range(len(ds)) for s in ds[i]["slice_ids"]]
     assert frame.slice_id.tolist() == meta_ids and not frame.slice_id.duplicated().any()
-    one, _ = predict(model, ds, batch_size=1, sharded=False)
+    one, _ = predict_dataset(model, ds, batch_size=1, sharded=False)
     np.testing.assert_array_equal(labels, np.concatenate([ds[i]["label"] for i in range(len(ds))]))
     np.testing.assert_allclose(frame.iloc[:, 2:].to_numpy(), one.iloc[:, 2:].to_numpy(), atol=1e-6)
 
@@ -156,7 +160,7 @@ def test_configs_build_and_the_paper_config_is_faithful():
 def test_a_failed_checkpoint_write_leaves_nothing_half_written(tmp_path, monkeypatch):
     model = TinySeriesNet(width=4)
     opt = Momentum(model.parameters(), 0.1)
-    model(paddle.rand([1, 2, 3, 8, 8]), paddle.ones([1, 2], dtype="bool"))[0].sum().backward()
+    model(paddle.rand([1, 2, 3, 8, 8]), paddle.ones([1, 2], dtype="bool"))["sequence"].sum().backward()
     opt.step()
     save = str(tmp_path / "run")
     ckpt.save_checkpoint(save, 1, model, opt, {"rng": []})

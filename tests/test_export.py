@@ -17,6 +17,7 @@ from medseg.constants import LABELS
 from medseg.engine import checkpoint as ckpt
 from medseg.export import ExportedModel, read_meta
 from medseg.export.meta import graph_files
+from medseg.models.outputs import prediction_logits
 from medseg.predict.__main__ import main as predict_main
 from tests.predict_fixtures import SIZE, write_checkpoint, write_config, write_study
 
@@ -47,7 +48,7 @@ def _inputs(batch: int, slices: int, seed: int) -> np.ndarray:
 
 def _dygraph(model, image, mask):
     with paddle.no_grad():
-        return paddle.nn.functional.sigmoid(model(paddle.to_tensor(image), paddle.to_tensor(mask))).numpy()
+        return paddle.nn.functional.sigmoid(prediction_logits(model(paddle.to_tensor(image), paddle.to_tensor(mask)))).numpy()
 
 
 CASES = [(1, 5, None), (1, 9, None), (2, 7, 3)]  # two slice counts, then a padded batch (series 2 has 3 real slices)

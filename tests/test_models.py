@@ -201,7 +201,8 @@ def test_classifier_outputs_mask_invariance_and_gradients():
     model = ICHSequenceClassifier(tiny_swin(), {"type": "TransformerSequenceHead"})
     x, mask = series(2, 5, 64), mask_of([3, 5], 5)
     model.train()
-    seq, sl = model(x, mask)
+    out = model(x, mask)
+    seq, sl = out["sequence"], out["slice"]
     assert seq.shape == [2, 5, 6] and sl.shape == [2, 5, 6]
     assert not seq.numpy()[0, 3:].any() and not sl.numpy()[0, 3:].any()
     (seq.square().mean() + sl.square().mean()).backward()
@@ -209,8 +210,8 @@ def test_classifier_outputs_mask_invariance_and_gradients():
         assert p.grad is not None and np.abs(p.grad.numpy()).max() > 0
     model.eval()
     with paddle.no_grad():
-        batched = model(x, mask).numpy()
-        alone = model(x[:1, :3]).numpy()
+        batched = model(x, mask)["sequence"].numpy()
+        alone = model(x[:1, :3])["sequence"].numpy()
     np.testing.assert_allclose(batched[0, :3], alone[0], atol=1e-5)
 
 
@@ -219,8 +220,8 @@ def test_cnn_classifier_mask_invariance_with_bigru():
     model = ICHSequenceClassifier(CNNEncoder(arch="resnet18"), BiGRUSequenceHead(hidden_size=16)).eval()
     x, mask = series(2, 4, 32), mask_of([2, 4], 4)
     with paddle.no_grad():
-        batched = model(x, mask).numpy()
-        alone = model(x[:1, :2]).numpy()
+        batched = model(x, mask)["sequence"].numpy()
+        alone = model(x[:1, :2])["sequence"].numpy()
     np.testing.assert_allclose(batched[0, :2], alone[0], atol=1e-5)
 
 
@@ -230,15 +231,16 @@ def test_slice_only_model():
     x = series(1, 3, 32)
     model.train()
     out = model(x, mask_of([3], 3))
-    assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == [1, 3, 6]
+    assert list(out) == ["slice"] and out["slice"].shape == [1, 3, 6]
     model.eval()
-    assert model(x).shape == [1, 3, 6]
+    out = model(x)
+    assert list(out) == ["slice"] and out["slice"].shape == [1, 3, 6]
 
 
 def test_long_series_of_100_slices():
     model = ICHSequenceClassifier(tiny_swin(img_size=32, embed_dim=8, depths=[1, 1], num_heads=[1, 2], chunk_size=32)).eval()
     with paddle.no_grad():
-        out = model(series(1, 100, 32), mask_of([100], 100))
+        out = model(series(1, 100, 32), mask_of([100], 100))["sequence"]
     assert out.shape == [1, 100, 6] and np.isfinite(out.numpy()).all()
 
 
@@ -380,8 +382,8 @@ def test_head_lr_mult_scales_only_the_sequence_head(optimizer):
     opt = optimizer(learning_rate=1e-2, parameters=model.parameters())
     head_before = [p.numpy().copy() for p in model.head.parameters()]
     encoder_before = model.encoder.head.weight.numpy().copy()
-    seq, sl = model(paddle.randn([1, 4, 3, 32, 32]), paddle.ones([1, 4], "bool"))
-    (seq.sum() + sl.sum()).backward()
+    out = model(paddle.randn([1, 4, 3, 32, 32]), paddle.ones([1, 4], "bool"))
+    (out["sequence"].sum() + out["slice"].sum()).backward()
     opt.step()
     assert all(np.array_equal(b, p.numpy()) for b, p in zip(head_before, model.head.parameters()))
     assert not np.array_equal(encoder_before, model.encoder.head.weight.numpy())
@@ -399,8 +401,7 @@ def test_frozen_encoder_keeps_its_weights_and_batchnorm_statistics():
     model.train()
     assert model.training and model.head.training and not any(m.training for m in model.encoder.sublayers())
     x, mask = series(2, 4, 32), mask_of([4, 3], 4)
-    seq, _ = model(x, mask)
-    seq.mean().backward()
+    model(x, mask)["sequence"].mean().backward()
     opt.step()
     after = model.encoder.state_dict()
     for key, value in before.items():
@@ -415,7 +416,8 @@ def test_residual_head_starts_as_the_slice_model():
     model = ICHSequenceClassifier(tiny_swin(), TransformerSequenceHead(init_range=0.0), residual=True)
     x, mask = series(2, 5, 64), mask_of([3, 5], 5)
     model.train()
-    seq, sl = model(x, mask)
+    out = model(x, mask)
+    seq, sl = out["sequence"], out["slice"]
     np.testing.assert_allclose(seq.numpy(), sl.numpy(), atol=1e-6)
     assert np.abs(sl.numpy()).max() > 0
     # Not a copy: the sequence output has its own gradient path through the head.

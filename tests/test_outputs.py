@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from medseg.constants import CLASS_WEIGHTS, LABELS
+from medseg.data.meta import META_COLUMNS
 from medseg.outputs.ensemble import ensemble_files, normalise_weights
 from medseg.outputs.predictions import (
     TableError,
@@ -230,12 +231,6 @@ def test_ensemble_rule(tmp_path):
 
 # ------------------------------------------------------------------ report
 
-META_COLUMNS = [
-    "slice_id", "series_id", "study_id", "patient_id", "slice_idx", "position", "spacing", *LABELS,
-    "fold", "crop_y0", "crop_y1", "crop_x0", "crop_x1", "cache",
-]
-
-
 @pytest.fixture
 def report_inputs(tmp_path):
     """A tiny prepared dataset (4 series × 6 slices), its truth file and predictions of varying quality."""
@@ -258,7 +253,7 @@ def report_inputs(tmp_path):
             preds.append((sid, series, p))
     # Rows in the prediction file are shuffled: the order must come from the dataset root.
     order = rng.permutation(len(preds))
-    pd.DataFrame(meta_rows, columns=META_COLUMNS).to_csv(root / "test_meta.csv", index=False)
+    pd.DataFrame(meta_rows, columns=list(META_COLUMNS)).to_csv(root / "test_meta.csv", index=False)
     pred = pd.DataFrame([[preds[i][0], preds[i][1], *preds[i][2]] for i in order], columns=["slice_id", "series_id", *LABELS])
     pred.to_csv(tmp_path / "pred.csv", index=False)
     _write_kaggle_text(tmp_path / "truth.csv", [t[0] for t in truth], [t[1] for t in truth])

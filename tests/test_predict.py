@@ -86,7 +86,7 @@ def test_same_input_as_the_validation_pipeline(setup, tmp_path):
     from medseg.data.synthetic import synthesize_series
     from medseg.data.synthetic.dicom_writer import write_series
     from medseg.predict.discover import list_files, scan_headers
-    from medseg.predict.preprocess import build_eval_transforms, eval_transform_config
+    from medseg.data.build import build_eval_transforms, eval_transform_config
     from medseg.predict.study import assemble_series, load_series, unique_slice_ids
     from medseg.registry import TRANSFORMS, build
 

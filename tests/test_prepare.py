@@ -18,7 +18,8 @@ import pytest
 from prepare_cohort import make_cohort
 from medseg.constants import DEFAULT_WINDOWS, LABELS
 from medseg.data.cache import read_valid_record, safe_name
-from medseg.data.prepare import META_COLUMNS, main, prepare
+from medseg.data.meta import META_COLUMNS
+from medseg.data.prepare import main, prepare
 from medseg.data.windows import apply_windows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +42,7 @@ def test_meta_tables_follow_the_contract(prepared):
     cohort, raw, out, summary = prepared
     metas = _meta(out)
     for frame in metas.values():
-        assert list(frame.columns) == META_COLUMNS
+        assert list(frame.columns) == list(META_COLUMNS)
         assert frame.equals(frame.sort_values(["series_id", "slice_idx"]).reset_index(drop=True))
     train_val = pd.concat([metas["train"], metas["val"]])
     assert len(metas["val"]) and len(metas["train"])

@@ -10,7 +10,7 @@ import pytest
 from engine_fixtures import TinySeriesNet, make_prepared, write_config
 from medseg.constants import LABELS
 from medseg.data.mixing import MixedSeriesDataset, source_counts
-from medseg.data.prepare import META_COLUMNS
+from medseg.data.meta import META_COLUMNS, read_meta
 from medseg.data.dataset import RSNASeriesDataset
 from medseg.data.transforms import Normalize, Resize, ToCHW
 from medseg.engine.losses import MaskedWeightedBCE
@@ -19,7 +19,7 @@ from medseg.semi.dataset import PseudoSeriesDataset
 from medseg.semi.leakage import LeakageError, check_no_leakage, check_pseudo_file
 from medseg.semi.noise import GaussianNoise, RandomIntensity
 from medseg.semi.rules import PseudoLabelRules, harden, keep_mask, pseudo_labels, sharpen
-from medseg.semi.subset import read_meta, split_labelled
+from medseg.semi.subset import split_labelled
 
 TRANSFORMS = [Resize(16), Normalize(), ToCHW()]
 

@@ -12,20 +12,12 @@ import os
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 import paddle
 
 from medseg.constants import LABELS
+from medseg.data.meta import CROP_COLUMNS, DATASET_COLUMNS, MetaTableError, meta_path, read_meta_file, sort_meta
 from medseg.data.transforms import Compose, ToCHW, Transform
 from medseg.registry import DATASETS
-
-META_COLUMNS: tuple[str, ...] = (
-    "slice_id", "series_id", "slice_idx", *LABELS, "crop_y0", "crop_y1", "crop_x0", "crop_x1", "cache",
-)
-
-
-def meta_path(dataset_root: str, split: str) -> str:
-    return os.path.join(dataset_root, f"{split}_meta.csv")
 
 
 def split_key(key: Any) -> tuple[int, int]:
@@ -61,22 +53,16 @@ class RSNASeriesDataset(paddle.io.Dataset):
         self.transforms = Compose(transforms, per_slice=per_slice)
         if not os.path.isdir(dataset_root):
             raise FileNotFoundError(f"{dataset_root}: dataset root not found (run the prepare step first)")
-        path = meta_path(dataset_root, split)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: meta file not found for split {split!r}")
-        self._load_meta(path)
+        self._load_meta(meta_path(dataset_root, split))
 
     def _load_meta(self, path: str) -> None:
-        meta = pd.read_csv(path, dtype={"slice_id": str, "series_id": str, "cache": str})
-        missing = [c for c in META_COLUMNS if c not in meta.columns]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+        meta = read_meta_file(path, required=DATASET_COLUMNS, purpose=f"split {self.split!r}")
         if meta.empty:
-            raise ValueError(f"{path}: no slices")
+            raise MetaTableError(f"{path}: no slices")
         if meta["slice_id"].duplicated().any():
             dup = meta.loc[meta["slice_id"].duplicated(), "slice_id"].iloc[0]
-            raise ValueError(f"{path}: duplicate slice_id {dup}")
-        meta = meta.sort_values(["series_id", "slice_idx"], kind="stable").reset_index(drop=True)
+            raise MetaTableError(f"{path}: duplicate slice_id {dup}")
+        meta = sort_meta(meta).reset_index(drop=True)
         series = meta["series_id"].to_numpy()
         starts = np.flatnonzero(np.r_[True, series[1:] != series[:-1]])
         self.starts = starts
@@ -84,7 +70,7 @@ class RSNASeriesDataset(paddle.io.Dataset):
         self.series_ids: list[str] = [str(s) for s in series[starts]]
         self.slice_ids = meta["slice_id"].to_numpy(dtype=object)
         self.labels = meta[list(LABELS)].to_numpy(dtype=np.float32)
-        self.boxes = meta[["crop_y0", "crop_y1", "crop_x0", "crop_x1"]].to_numpy(dtype=np.int64)
+        self.boxes = meta[list(CROP_COLUMNS)].to_numpy(dtype=np.int64)
         caches = meta["cache"].to_numpy(dtype=object)[starts]
         self.cache_paths = [os.path.join(self.dataset_root, str(c)) for c in caches]
         for sid, cache in zip(self.series_ids, self.cache_paths):

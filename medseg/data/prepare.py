@@ -30,6 +30,7 @@ from tqdm import tqdm
 from medseg.constants import DEFAULT_WINDOWS, LABELS, TEST_DIR, TRAIN_CSV, TRAIN_DIR
 from medseg.data import cache as cache_io
 from medseg.data.kaggle_tables import MismatchReport, label_file_mismatch, read_label_table
+from medseg.data.meta import CROP_COLUMNS, META_COLUMNS, META_SUFFIX, PREPARED_TAGS, meta_path, sort_meta, write_meta
 from medseg.data.series_volume import SeriesTask, process_series
 from medseg.data.split import assign_folds
 from medseg.data.windows import Window, format_windows, parse_windows
@@ -41,16 +42,10 @@ from medseg.utils.logger import get_logger
 
 logger = get_logger("data.prepare")
 
-META_COLUMNS = (
-    ["slice_id", "series_id", "study_id", "patient_id", "slice_idx", "position", "spacing"]
-    + list(LABELS)
-    + ["fold", "crop_y0", "crop_y1", "crop_x0", "crop_x1", "cache"]
-)
 # What the meta tables need from a series record (the rest, e.g. its input list, is dropped).
 RECORD_FIELDS = ("series_id", "study_id", "patient_id", "slice_ids", "positions", "spacing", "crops", "cache")
 ERROR_COLUMNS = ["file", "series_id", "reason"]
 ERRORS_CSV = "prepare_errors.csv"
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -64,7 +59,7 @@ class PrepareSummary:
 
     def format(self) -> str:
         lines = ["split   series   slices  " + "  ".join(f"{name[:8]:>8}" for name in LABELS)]
-        for split in SPLITS:
+        for split in PREPARED_TAGS:
             prev = self.prevalence.get(split, {})
             cells = "  ".join(f"{prev[n]:8.3f}" if n in prev and np.isfinite(prev[n]) else f"{'-':>8}" for n in LABELS)
             lines.append(f"{split:<6} {self.series.get(split, 0):>7} {self.slices.get(split, 0):>8}  {cells}")
@@ -199,7 +194,7 @@ def _meta_table(records: list[dict], labels: pd.DataFrame | None) -> pd.DataFram
     """The meta rows of finished series, built at once: a DataFrame per series costs ~5 ms of
     pandas overhead, about 100 s over the ~20k RSNA series."""
     if not records:
-        return pd.DataFrame(columns=META_COLUMNS)
+        return pd.DataFrame(columns=list(META_COLUMNS))
     counts = [len(r["slice_ids"]) for r in records]
 
     def per_series(key: str) -> list:
@@ -222,7 +217,7 @@ def _meta_table(records: list[dict], labels: pd.DataFrame | None) -> pd.DataFram
         frame[list(LABELS)] = np.nan
     frame["fold"] = -1
     crops = np.asarray([c for r in records for c in r["crops"]], dtype=np.int64).reshape(len(frame), 4)
-    for j, name in enumerate(("crop_y0", "crop_y1", "crop_x0", "crop_x1")):
+    for j, name in enumerate(CROP_COLUMNS):
         frame[name] = crops[:, j]
     frame["cache"] = per_series("cache")
     return frame
@@ -296,17 +291,19 @@ def _split_tables(train: pd.DataFrame, test: pd.DataFrame, val_fraction: float, 
         train["fold"] = train["series_id"].map(folds).astype(int)
     tables = {"train": train[train["fold"] != val_fold], "val": train[train["fold"] == val_fold], "test": test}
     for split, frame in tables.items():
-        tables[split] = frame = frame[META_COLUMNS].sort_values(["series_id", "slice_idx"], kind="stable")
+        tables[split] = frame = sort_meta(frame[list(META_COLUMNS)])
         summary.series[split] = int(frame["series_id"].nunique())
         summary.slices[split] = len(frame)
         summary.prevalence[split] = {n: float(frame[n].mean()) if len(frame) else float("nan") for n in LABELS}
     return tables
 
 
-def _write_csvs(outputs: dict[str, pd.DataFrame]) -> None:
+def _write_tables(dataset_root: str, tables: dict[str, pd.DataFrame], errors: pd.DataFrame) -> None:
     """Write the tables side by side: each waits for its fsync and rename, waits that overlap."""
-    with ThreadPoolExecutor(len(outputs)) as threads:
-        list(threads.map(atomic_write_csv, outputs, outputs.values()))
+    jobs = [(write_meta, meta_path(dataset_root, split), frame) for split, frame in tables.items()]
+    jobs.append((atomic_write_csv, os.path.join(dataset_root, ERRORS_CSV), errors))
+    with ThreadPoolExecutor(len(jobs)) as threads:
+        list(threads.map(lambda job: job[0](job[1], job[2]), jobs))
 
 
 def prepare(
@@ -326,7 +323,7 @@ def prepare(
     cache_dir = os.path.join(dataset_root, cache_io.CACHE_DIR)
     os.makedirs(cache_dir, exist_ok=True)
     cache_io.remove_stale_temporaries(cache_dir)
-    cache_io.remove_stale_temporaries(dataset_root, [f"{split}_meta.csv" for split in SPLITS] + [ERRORS_CSV])
+    cache_io.remove_stale_temporaries(dataset_root, [f"{tag}{META_SUFFIX}" for tag in PREPARED_TAGS] + [ERRORS_CSV])
     summary = PrepareSummary()
     errors: list[ErrorRow] = []
 
@@ -353,9 +350,7 @@ def prepare(
         train, test = _meta_table(records["train"], labels), _meta_table(records["test"], None)
         tables = _split_tables(train, test, val_fraction, seed, val_fold, summary)
         errors = sorted(set(errors))
-        outputs = {os.path.join(dataset_root, f"{split}_meta.csv"): frame for split, frame in tables.items()}
-        outputs[os.path.join(dataset_root, ERRORS_CSV)] = pd.DataFrame([e[:3] for e in errors], columns=ERROR_COLUMNS)
-        _write_csvs(outputs)
+        _write_tables(dataset_root, tables, pd.DataFrame([e[:3] for e in errors], columns=ERROR_COLUMNS))
     summary.errors = Counter(e[3] for e in errors)
     return summary
 

@@ -20,14 +20,10 @@ from medseg.data.collate import collate_series
 from medseg.data.sampler import SeriesBatchSampler
 from medseg.engine import distributed as dist
 from medseg.engine.metrics import WeightedLogLoss
+from medseg.models.outputs import prediction_logits
 from medseg.utils.logger import get_logger
 
 logger = get_logger("evaluator")
-
-
-def _sequence_logits(outputs: Any) -> paddle.Tensor:
-    """Eval-mode models return the sequence logits (or a 1-tuple from a slice-only model)."""
-    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
 
 
 def predict_shard(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_workers: int = 0,
@@ -45,7 +41,7 @@ def predict_shard(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_work
     try:
         with paddle.no_grad():
             for batch_keys, batch in zip(keys, loader):
-                probs = paddle.nn.functional.sigmoid(_sequence_logits(model(batch["image"], batch["mask"])))
+                probs = paddle.nn.functional.sigmoid(prediction_logits(model(batch["image"], batch["mask"])))
                 # Own copies: a tensor's numpy view can be recycled before the shards are gathered.
                 probs = np.array(probs.astype("float32").numpy(), copy=True)
                 labels = np.array(batch["label"].numpy(), copy=True)
@@ -87,7 +83,7 @@ def gather_predictions(shard: dict[int, dict[str, Any]], num_series: int,
     return frame, labels
 
 
-def predict(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_workers: int = 0,
+def predict_dataset(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_workers: int = 0,
             sharded: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
     """(predictions CSV frame of docs/design.md, the matching labels [N, 6])."""
     shard = predict_shard(model, dataset, batch_size, num_workers, sharded=sharded)
@@ -101,7 +97,7 @@ def evaluate(model: paddle.nn.Layer, dataset, metric: WeightedLogLoss | None = N
         raise ValueError(f"{getattr(dataset, 'meta_file', 'dataset')}: cannot evaluate an unlabelled split")
     metric = metric or WeightedLogLoss()
     start = time.time()
-    frame, labels = predict(model, dataset, batch_size, num_workers)
+    frame, labels = predict_dataset(model, dataset, batch_size, num_workers)
     metrics = metric(labels, frame[list(LABELS)].to_numpy())
     logger.info("[EVAL] %d series, %d slices, weighted log loss %.5f, mean AUC %.4f (%.1f s)",
                 len(dataset), len(frame), metrics["weighted_logloss"], metrics["mean_auc"], time.time() - start)

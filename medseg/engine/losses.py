@@ -8,6 +8,7 @@ import paddle
 import paddle.nn.functional as F
 
 from medseg.constants import CLASS_WEIGHTS
+from medseg.models.outputs import SEQUENCE, SLICE
 from medseg.registry import LOSSES
 
 
@@ -42,24 +43,34 @@ class MaskedWeightedBCE(paddle.nn.Layer):
 
 @LOSSES.add_component
 class MixedLoss(paddle.nn.Layer):
-    """``sum_i coef[i] * losses[i](outputs[i], label, mask)``: one loss per model output.
+    """``sum_i coef[i] * losses[i](outputs[names[i]], label, mask)``: one loss per named model output.
 
     The paper trains the sequence output and the slice output together with coefficients
-    ``[2, 1]``; a slice-only model has one output and one coefficient.
+    ``[2, 1]`` (``outputs: [sequence, slice]``, the default for two losses); a slice-only model
+    has one loss on ``outputs: [slice]``.
     """
 
-    def __init__(self, losses: Sequence[paddle.nn.Layer], coef: Sequence[float]):
+    def __init__(self, losses: Sequence[paddle.nn.Layer], coef: Sequence[float], outputs: Sequence[str] | None = None):
         super().__init__()
         if len(losses) != len(coef) or not losses:
             raise ValueError(f"MixedLoss: {len(losses)} losses but {len(coef)} coefficients")
+        if outputs is None:
+            if len(losses) != 2:
+                raise ValueError(f"MixedLoss: name the model output each of the {len(losses)} losses reads "
+                                 f"(outputs: [{SLICE}] for a slice-only model)")
+            outputs = (SEQUENCE, SLICE)
+        if len(outputs) != len(losses):
+            raise ValueError(f"MixedLoss: {len(losses)} losses but {len(outputs)} output names")
         self.losses = paddle.nn.LayerList(list(losses))
         self.coef = [float(c) for c in coef]
+        self.outputs = [str(name) for name in outputs]
 
-    def forward(self, outputs, label: paddle.Tensor, mask: paddle.Tensor) -> tuple[paddle.Tensor, list[paddle.Tensor]]:
-        if isinstance(outputs, paddle.Tensor):
-            outputs = (outputs,)
-        if len(outputs) != len(self.coef):
-            raise ValueError(f"MixedLoss: the model returned {len(outputs)} outputs but the loss has {len(self.coef)} coefficients")
-        parts = [loss(out, label, mask) for loss, out in zip(self.losses, outputs)]
+    def forward(self, outputs: dict[str, paddle.Tensor], label: paddle.Tensor,
+                mask: paddle.Tensor) -> tuple[paddle.Tensor, list[paddle.Tensor]]:
+        missing = [name for name in self.outputs if name not in outputs]
+        if missing:
+            raise ValueError(f"MixedLoss: the model has no {missing[0]!r} output (it returns {', '.join(outputs)}); "
+                             "set loss.outputs to the outputs to train")
+        parts = [loss(outputs[name], label, mask) for loss, name in zip(self.losses, self.outputs)]
         total = paddle.add_n([c * p for c, p in zip(self.coef, parts)])
         return total, parts

@@ -23,14 +23,14 @@ import paddle
 
 from medseg.config import Config
 from medseg.data.collate import collate_series
-from medseg.data.dataset import ConcatSeriesDataset
+from medseg.data.build import build_dataset
 from medseg.data.sampler import SeriesBatchSampler
 from medseg.engine import checkpoint as ckpt
 from medseg.engine import distributed as dist
 from medseg.engine.evaluator import evaluate
 from medseg.engine.metrics import WeightedLogLoss
-from medseg.registry import DATASETS, build
 from medseg.utils.atomic import atomic_write_text
+from medseg.utils.cli import ToolError
 from medseg.utils.logger import get_logger, setup_logger
 
 logger = get_logger("train")
@@ -43,8 +43,10 @@ class SaveDirError(ValueError):
     """The save directory would be overwritten without ``--overwrite_save_dir``."""
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ToolError, RuntimeError):
     """The loss became NaN/inf; training stops rather than writing a broken checkpoint."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -65,20 +67,6 @@ class TrainOptions:
     seed: int = 0
     resume_model: str | None = None
     pretrained: str | None = None
-
-
-def build_dataset(cfg: Config, key: str, seed: int | None = None, **overrides: Any):
-    """A dataset section is one ``{type: ...}`` or a list of them (concatenated, e.g. labelled +
-    pseudo-labelled series). ``overrides`` replace keys of every entry (e.g. ``split``)."""
-    section = cfg.section(key)
-    items = section if isinstance(section, list) else [section]
-    built = []
-    for i, item in enumerate(items):
-        item = {**item, **overrides}
-        extra = {"seed": seed} if seed is not None and "seed" not in item else {}
-        where = f"{cfg.path or '<config>'}: {key}" + (f"[{i}]" if isinstance(section, list) else "")
-        built.append(build(item, DATASETS, where, **extra))
-    return built[0] if len(built) == 1 else ConcatSeriesDataset(built)
 
 
 def check_save_dir(opts: TrainOptions) -> bool:

@@ -5,8 +5,9 @@ batch has padding (``bool(mask.all())``) and loops over chunks of a data-depende
 a static graph cannot express. In eval mode neither changes the result: BatchNorm uses running
 statistics, so each slice's features are independent of the others, and padded positions get
 zero features either way. These wrappers encode every slice in one pass, zero the padded
-features and then call the model's own per-slice head and sequence head — the same layers and
-weights, so the outputs equal the dygraph model's (the tests check it).
+features and then call the model's own :meth:`~ICHSequenceClassifier.forward_heads` (slice head,
+sequence head, residual) — the same layers and weights, so the outputs equal the dygraph model's
+(the tests check it).
 
 Three graphs are exported (see ``medseg.export.save``):
 
@@ -26,6 +27,7 @@ import paddle
 import paddle.nn as nn
 
 from medseg.models.classifier import ICHSequenceClassifier
+from medseg.models.outputs import prediction_logits
 
 
 def check_exportable(model: nn.Layer) -> ICHSequenceClassifier:
@@ -36,13 +38,8 @@ def check_exportable(model: nn.Layer) -> ICHSequenceClassifier:
 
 def _sequence_probabilities(model: ICHSequenceClassifier, features: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
     """features [B, S, D] (padded rows zero) → sigmoid of the model's eval output, [B, S, 6]."""
-    keep = mask.astype(features.dtype).unsqueeze(-1)
-    features = features * keep
-    if model.head is None:
-        logits = model.encoder.forward_head(features) * keep
-    else:
-        logits = model.head(features, mask.astype("bool")) * keep
-    return paddle.nn.functional.sigmoid(logits)
+    features = features * mask.astype(features.dtype).unsqueeze(-1)
+    return paddle.nn.functional.sigmoid(prediction_logits(model.forward_heads(features, mask.astype("bool"))))
 
 
 class SeriesGraph(nn.Layer):

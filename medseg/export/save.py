@@ -23,11 +23,11 @@ from paddle.static import InputSpec
 
 from medseg.config import Config
 from medseg.constants import DEFAULT_WINDOWS, LABELS
+from medseg.data.build import build_eval_transforms, eval_transform_config, model_input_shape
 from medseg.data.windows import Window, format_windows
 from medseg.engine import checkpoint as ckpt
 from medseg.export.graph import EncoderGraph, HeadGraph, SeriesGraph, check_exportable
 from medseg.export.meta import EXPORT_META, GRAPHS, ExportError, ExportMeta, write_meta
-from medseg.predict.preprocess import build_eval_transforms, eval_transform_config, model_input_shape
 from medseg.utils.atomic import atomic_write_text, replace_dir
 from medseg.utils.logger import get_logger
 

@@ -8,6 +8,7 @@ import paddle.nn as nn
 from medseg.models.encoders.base import SliceEncoder
 from medseg.models.heads.base import SequenceHead
 from medseg.models.heads.transformer import TransformerSequenceHead
+from medseg.models.outputs import SEQUENCE, SLICE
 from medseg.registry import ENCODERS, HEADS, MODELS, build
 from medseg.utils.logger import get_logger
 
@@ -18,9 +19,9 @@ logger = get_logger("models")
 class ICHSequenceClassifier(nn.Layer):
     """``model(image [B, S, C, H, W], mask [B, S] bool)`` as fixed in docs/design.md.
 
-    Returns, in training mode, ``(sequence_logits, slice_logits)`` each [B, S, num_classes]; in
-    eval mode the sequence logits. With ``sequential: false`` it is the slice-only model: slice
-    logits in eval mode, a 1-tuple in training. Padded positions of every output are zero.
+    Returns ``{"sequence": logits, "slice": logits}`` (:mod:`medseg.models.outputs`), each
+    [B, S, num_classes], in training and eval alike. With ``sequential: false`` it is the
+    slice-only model and returns ``{"slice": logits}``. Padded positions of every output are zero.
 
     Args:
         encoder: a built :class:`SliceEncoder` (YAML ``{type: SwinTransformer, ...}`` arrives built)
@@ -107,16 +108,23 @@ class ICHSequenceClassifier(nn.Layer):
                 return self.encoder.encode_series(image, mask)
         return self.encoder.encode_series(image, mask)
 
-    def forward(self, image: paddle.Tensor, mask: paddle.Tensor | None = None):
-        if mask is None:
-            mask = paddle.ones(image.shape[:2], dtype="bool")
-        mask = mask.astype("bool")
-        keep = mask.unsqueeze(-1).astype(image.dtype)  # zero the outputs at padded positions
-        features = self._encode(image, mask)  # [B, S, D]
+    def forward_heads(self, features: paddle.Tensor, mask: paddle.Tensor) -> dict[str, paddle.Tensor]:
+        """Per-slice features [B, S, D] (padded rows zero) + bool mask → the named outputs.
+
+        Static-graph friendly (the export graphs call it): the branches depend on the model's
+        configuration only, never on the data.
+        """
+        keep = mask.unsqueeze(-1).astype(features.dtype)  # zero the outputs at padded positions
         slice_logits = self.encoder.forward_head(features) * keep
         if self.head is None:
-            return (slice_logits,) if self.training else slice_logits
+            return {SLICE: slice_logits}
         sequence_logits = self.head(features, mask) * keep
         if self.residual:
             sequence_logits = sequence_logits + slice_logits
-        return (sequence_logits, slice_logits) if self.training else sequence_logits
+        return {SEQUENCE: sequence_logits, SLICE: slice_logits}
+
+    def forward(self, image: paddle.Tensor, mask: paddle.Tensor | None = None) -> dict[str, paddle.Tensor]:
+        if mask is None:
+            mask = paddle.ones(image.shape[:2], dtype="bool")
+        mask = mask.astype("bool")
+        return self.forward_heads(self._encode(image, mask), mask)  # features [B, S, D]

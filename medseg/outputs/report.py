@@ -12,7 +12,6 @@ thumbnails from ``cache/``), or else from the prediction file's ``series_id`` co
 from __future__ import annotations
 
 import argparse
-import glob
 import html
 import math
 import os
@@ -28,6 +27,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from medseg.constants import CLASS_WEIGHTS, LABELS
+from medseg.data.meta import CROP_COLUMNS, meta_files, read_meta_file
 from medseg.engine.metrics import METRIC_EPS, evaluate_predictions, per_class_log_loss, per_image_log_loss, prevalence
 from medseg.outputs.predictions import TableError, format_examples, read_table
 from medseg.utils.atomic import atomic_open, atomic_write_json, atomic_write_text
@@ -66,17 +66,13 @@ def align(pred: pd.DataFrame, truth: pd.DataFrame, pred_path: str, truth_path: s
 
 def read_layout(dataset_root: str, slice_ids: Sequence[str]) -> pd.DataFrame:
     """Series, slice index, cache file and crop box of ``slice_ids`` from the prepared ``*_meta.csv``."""
-    paths = sorted(glob.glob(os.path.join(dataset_root, "*_meta.csv")))
+    paths = meta_files(dataset_root)
     if not paths:
         raise TableError(f"{dataset_root}: no *_meta.csv files (is this a prepared dataset root?)")
     frames = []
     for path in paths:
-        meta = pd.read_csv(path, dtype={"slice_id": str, "series_id": str, "cache": str})
-        lacking = [c for c in (*_LAYOUT_COLUMNS, "cache") if c not in meta.columns]
-        if lacking:
-            raise TableError(f"{path}: missing column(s) {', '.join(lacking)}")
-        keep = [c for c in (*_LAYOUT_COLUMNS, "cache", "crop_y0", "crop_y1", "crop_x0", "crop_x1") if c in meta.columns]
-        frames.append(meta[keep])
+        frames.append(read_meta_file(path, required=(*_LAYOUT_COLUMNS, "cache"),
+                                     columns=(*_LAYOUT_COLUMNS, "cache", *CROP_COLUMNS), purpose="needed for the report"))
     # A slice can appear in two meta files (e.g. test and test_pseudo); its layout is the same.
     layout = pd.concat(frames, ignore_index=True).drop_duplicates("slice_id").set_index("slice_id")
     missing = [s for s in slice_ids if s not in layout.index]

@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from medseg.config import Config
-    from medseg.engine.cli import run_cli
+    from medseg.utils.cli import run_cli
     from medseg.export.meta import is_export_dir
     from medseg.predict.run import run_predict
 

@@ -15,6 +15,7 @@ from medseg.config import Config
 from medseg.engine import checkpoint as ckpt
 from medseg.export.inference import ExportedModel
 from medseg.export.meta import is_export_dir
+from medseg.models.outputs import prediction_logits
 
 
 class CheckpointModel:
@@ -34,8 +35,7 @@ class CheckpointModel:
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         with paddle.no_grad():
             out = self.model(paddle.to_tensor(image, dtype="float32"), paddle.to_tensor(mask, dtype="bool"))
-            out = out[0] if isinstance(out, (tuple, list)) else out  # slice-only models may return a 1-tuple
-            return paddle.nn.functional.sigmoid(out).astype("float32").numpy()
+            return paddle.nn.functional.sigmoid(prediction_logits(out)).astype("float32").numpy()
 
 
 def model_kind(path: str) -> str:

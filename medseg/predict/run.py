@@ -18,12 +18,12 @@ from tqdm import tqdm
 
 from medseg.config import Config
 from medseg.constants import DEFAULT_WINDOWS, LABELS
+from medseg.data.build import build_eval_transforms, eval_transform_config
 from medseg.data.collate import collate_series
 from medseg.data.windows import Window, format_windows, parse_windows
 from medseg.export.meta import read_meta
 from medseg.predict.backend import load_model, model_kind
 from medseg.predict.discover import Skipped, list_files, scan_headers
-from medseg.predict.preprocess import build_eval_transforms, eval_transform_config
 from medseg.predict.report_html import write_report
 from medseg.predict.study import SeriesInput, assemble_series, load_series, unique_slice_ids
 from medseg.predict.tables import SeriesResult, output_paths, write_predictions_csv, write_predictions_json, write_skipped
@@ -75,7 +75,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-def predict_series(model, inputs: list[SeriesInput]) -> list[np.ndarray]:
+def batch_probabilities(model, inputs: list[SeriesInput]) -> list[np.ndarray]:
     """Probabilities [S_i, 6] for each series of one padded batch."""
     batch = collate_series([{"image": s.image, "label": np.zeros((len(s.image), len(LABELS)), np.float32),
                              "series_id": s.series_id, "slice_ids": s.slice_ids} for s in inputs])
@@ -83,7 +83,7 @@ def predict_series(model, inputs: list[SeriesInput]) -> list[np.ndarray]:
     return [probs[b, :len(s.slice_ids)].astype(np.float64) for b, s in enumerate(inputs)]
 
 
-def predict_folder(model, root: str, transforms, windows: tuple[Window, ...], batch_size: int = 1,
+def folder_results(model, root: str, transforms, windows: tuple[Window, ...], batch_size: int = 1,
                    exclude: tuple[str, ...] = (), progress: bool = True
                    ) -> tuple[list[str], list[SeriesResult], list[Skipped], dict[str, float]]:
     """Discover, read, preprocess and predict every CT series under ``root`` (nothing is written).
@@ -112,7 +112,7 @@ def predict_folder(model, root: str, transforms, windows: tuple[Window, ...], ba
                 seconds["preprocess"] += loaded.seconds["preprocess"]
         if inputs:
             tic = time.perf_counter()
-            probs = predict_series(model, inputs)
+            probs = batch_probabilities(model, inputs)
             seconds["model"] += time.perf_counter() - tic
             results += [SeriesResult(s.series_id, s.study_id, s.patient_id, s.files, s.slice_ids, s.positions, p,
                                      s.thumbnails, s.notes) for s, p in zip(inputs, probs)]
@@ -140,7 +140,7 @@ def run_predict(cfg: Config, model_path: str, dicom_dir: str, out_dir: str, thre
     model = load_model(cfg, model_path, threads=threads, chunk_size=chunk_size)
     seconds["load_model"] = time.perf_counter() - start
 
-    files, results, skipped, timing = predict_folder(model, root, transforms, window_set, batch_size, (out_dir,), progress)
+    files, results, skipped, timing = folder_results(model, root, transforms, window_set, batch_size, (out_dir,), progress)
     seconds.update(timing)
 
     paths = output_paths(out_dir)

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from medseg.data.build import apply_transforms
 from medseg.data.series_volume import SeriesTask, build_volume
 from medseg.data.transforms import Compose
 from medseg.data.windows import Window
 from medseg.dicom.header import SliceHeader
 from medseg.dicom.series import Series, group_series
 from medseg.predict.discover import Skipped
-from medseg.predict.preprocess import apply_transforms
 
 THUMB_PX = 64  # thumbnail edge in the report strips
 

@@ -10,11 +10,11 @@ loads it.
 
 from __future__ import annotations
 
-import os
 from typing import Iterable, Sequence
 
 import pandas as pd
 
+from medseg.data.meta import meta_path, read_meta_file
 from medseg.utils.logger import get_logger
 
 logger = get_logger("semi.leakage")
@@ -30,13 +30,8 @@ class LeakageError(ValueError):
 
 
 def _ids(path: str) -> pd.DataFrame:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: meta file not found (needed for the leakage check)")
-    frame = pd.read_csv(path, usecols=lambda c: c in ("series_id", "patient_id"), dtype=str)
-    for column in ("series_id", "patient_id"):
-        if column not in frame.columns:
-            raise ValueError(f"{path}: missing column {column!r} (needed for the leakage check)")
-    return frame.drop_duplicates()
+    ids = ("series_id", "patient_id")
+    return read_meta_file(path, required=ids, columns=ids, purpose="needed for the leakage check").drop_duplicates()
 
 
 def _examples(values: Iterable[str], limit: int = 3) -> str:
@@ -59,7 +54,7 @@ def check_no_leakage(pseudo: pd.DataFrame, dataset_root: str, exclude: Sequence[
             raise ValueError(f"{source}: missing column {column!r}")
     tags = list(dict.fromkeys([*exclude, VALIDATION_TAG]))
     for tag in tags:
-        path = os.path.join(dataset_root, f"{tag}_meta.csv")
+        path = meta_path(dataset_root, tag)
         overlap = find_overlap(pseudo, _ids(path))
         if overlap["series_id"]:
             raise LeakageError(f"{source}: {len(overlap['series_id'])} series also in {path} "
@@ -74,5 +69,5 @@ def check_pseudo_file(dataset_root: str, tag: str, exclude: Sequence[str] = DEFA
     """:func:`check_no_leakage` for ``DATASET_ROOT/<tag>_meta.csv`` (what a training config loads)."""
     if tag in (*exclude, VALIDATION_TAG):
         raise LeakageError(f"{tag!r} is itself a labelled/validation tag, not a pseudo-labelled one")
-    path = os.path.join(dataset_root, f"{tag}_meta.csv")
+    path = meta_path(dataset_root, tag)
     check_no_leakage(_ids(path), dataset_root, exclude, source=path)

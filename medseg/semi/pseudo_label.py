@@ -1,6 +1,6 @@
 """``python -m medseg.semi.pseudo_label``: a teacher's predictions on unlabelled series → a meta table.
 
-The teacher (``--model`` checkpoint + ``--config``, run through the engine's predictor, or an
+The teacher (``--model`` checkpoint + ``--config``, run through the engine's ``predict_dataset``, or an
 existing predictions CSV such as an ensemble's via ``--predictions``) predicts every slice of the
 given tags (``test``, or any prepared tag such as a hidden part of the training set). The
 probabilities become soft labels under :mod:`medseg.semi.rules` (confidence filter, temperature,
@@ -26,30 +26,22 @@ import numpy as np
 import pandas as pd
 
 from medseg.constants import LABELS
+from medseg.data.meta import META_COLUMNS, PREPARED_TAGS, SEMI_COLUMNS, meta_path, meta_tag, read_meta, sort_meta, write_meta
 from medseg.semi.leakage import DEFAULT_EXCLUDE, VALIDATION_TAG, LeakageError, check_no_leakage
 from medseg.semi.rules import PseudoLabelRules, pseudo_labels
-from medseg.semi.subset import read_meta
-from medseg.utils.atomic import atomic_write_csv
 from medseg.utils.logger import get_logger
 
 warnings.filterwarnings("ignore", message="No ccache found")
 
 logger = get_logger("semi.pseudo_label")
 
-META_SUFFIX = "_meta.csv"
-# Tags written by the prepare step: a pseudo table must never replace one of them.
-PREPARED_TAGS = ("train", "val", "test")
-
-
 def output_tag(out: str, dataset_root: str) -> str:
     """The tag of ``out`` (``DATASET_ROOT/<tag>_meta.csv``); the table must live in the dataset
     root because its ``cache`` paths are relative to it."""
-    name = os.path.basename(out)
-    if not name.endswith(META_SUFFIX) or name == META_SUFFIX:
-        raise ValueError(f"{out}: the output must be named <tag>{META_SUFFIX}")
+    tag = meta_tag(out)
     if os.path.realpath(os.path.dirname(os.path.abspath(out))) != os.path.realpath(dataset_root):
         raise ValueError(f"{out}: must be written into the dataset root {dataset_root} (its cache paths are relative to it)")
-    return name[: -len(META_SUFFIX)]
+    return tag
 
 
 def check_tags(splits: Sequence[str], out_tag: str, exclude: Sequence[str]) -> None:
@@ -60,27 +52,26 @@ def check_tags(splits: Sequence[str], out_tag: str, exclude: Sequence[str]) -> N
         if split in exclude:
             raise LeakageError(f"--split {split} is also in --exclude: its series are labelled, not pseudo-labelled")
     if out_tag in (*PREPARED_TAGS, *splits, *exclude):
-        raise ValueError(f"refusing to overwrite {out_tag}{META_SUFFIX} (a prepared, input or labelled table); choose another --out")
+        raise ValueError(f"refusing to overwrite the {out_tag!r} table (a prepared, input or labelled table); choose another --out")
 
 
 def teacher_predictions(config: str, overrides: Sequence[str], model_path: str, dataset_root: str,
                         splits: Sequence[str], batch_size: int = 1, num_workers: int = 0) -> dict[str, pd.DataFrame]:
     """``{split: predictions frame (docs/design.md)}`` by the checkpoint at ``model_path``, through
-    the engine's predictor with the config's ``infer_dataset`` (else ``val_dataset``) transforms."""
+    the engine's ``predict_dataset`` with the config's ``infer_dataset`` (else ``val_dataset``) transforms."""
     from medseg.config import Config
     from medseg.engine import checkpoint as ckpt
-    from medseg.engine.evaluator import predict
-    from medseg.engine.trainer import build_dataset
+    from medseg.data.build import build_eval_dataset
+    from medseg.engine.evaluator import predict_dataset
 
     cfg = Config(config, overrides)
-    section = "infer_dataset" if "infer_dataset" in cfg else "val_dataset"
     model = cfg.build("model")
     ckpt.load_params(model_path, model, strict=True)
     frames = {}
     for split in splits:
-        dataset = build_dataset(cfg, section, split=split, dataset_root=dataset_root)
+        dataset = build_eval_dataset(cfg, split, dataset_root=dataset_root)
         logger.info("teacher %s predicts %s: %d series", model_path, dataset.meta_file, len(dataset))
-        frames[split], _labels = predict(model, dataset, batch_size=batch_size, num_workers=num_workers, sharded=False)
+        frames[split], _labels = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, sharded=False)
     return frames
 
 
@@ -109,13 +100,11 @@ def pseudo_label(dataset_root: str, splits: Sequence[str], out: str, rules: Pseu
 
     ``predictions`` maps each split to its teacher predictions frame.
     """
-    from medseg.data.prepare import META_COLUMNS  # the column order of docs/design.md
-
     check_tags(splits, output_tag(out, dataset_root), exclude)
     tables = []
     for split in splits:
-        meta = read_meta(dataset_root, split)
-        source = os.path.join(dataset_root, f"{split}{META_SUFFIX}")
+        meta = read_meta(dataset_root, split, required=SEMI_COLUMNS)
+        source = meta_path(dataset_root, split)
         check_no_leakage(meta, dataset_root, exclude, source=source)
         probs = attach_probabilities(meta, predictions[split], source)
         tables.append(build_pseudo_table(meta, probs, rules))
@@ -126,8 +115,8 @@ def pseudo_label(dataset_root: str, splits: Sequence[str], out: str, rules: Pseu
     if duplicated.any():
         raise ValueError(f"{out}: slice {table.loc[duplicated, 'slice_id'].iloc[0]} appears in two of {', '.join(splits)}")
     check_no_leakage(table, dataset_root, exclude, source=out)
-    table = table.sort_values(["series_id", "slice_idx"], kind="stable")[list(META_COLUMNS)]
-    atomic_write_csv(out, table)
+    table = sort_meta(table)[list(META_COLUMNS)]
+    write_meta(out, table)
     return table
 
 
@@ -171,21 +160,22 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
 def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
     from medseg.config import Config
-    from medseg.engine.cli import run_cli
+    from medseg.data.build import eval_section
+    from medseg.utils.cli import run_cli
     from medseg.outputs.predictions import read_predictions
 
     def job() -> None:
         cfg = Config(args.config, args.overrides)
-        root = args.dataset_root or cfg.get("infer_dataset.dataset_root") or cfg.get("val_dataset.dataset_root")
+        root = args.dataset_root or cfg.get(f"{eval_section(cfg)}.dataset_root")
         if not root:
-            raise ValueError(f"{args.config}: no dataset_root in infer_dataset/val_dataset; pass --dataset_root")
+            raise ValueError(f"{args.config}: no dataset_root in {eval_section(cfg)}; pass --dataset_root")
         rules = PseudoLabelRules(args.temperature, tuple(args.uncertain_band) if args.uncertain_band else None,
                                  args.drop, args.max_uncertain_fraction,
                                  tuple(args.hard_threshold) if args.hard_threshold else None)
         check_tags(args.split, output_tag(args.out, root), args.exclude)
-        metas = {split: read_meta(root, split) for split in args.split}
+        metas = {split: read_meta(root, split, required=SEMI_COLUMNS) for split in args.split}
         for split, meta in metas.items():  # before the (long) inference, not only after it
-            check_no_leakage(meta, root, args.exclude, source=os.path.join(root, f"{split}{META_SUFFIX}"))
+            check_no_leakage(meta, root, args.exclude, source=meta_path(root, split))
         if args.predictions:
             table = read_predictions(args.predictions)
             predictions = {split: table for split in args.split}

@@ -10,7 +10,6 @@ patient is on both sides and the leakage check can hold the pseudo table to pati
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Iterable
 
@@ -19,22 +18,10 @@ import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
 from medseg.constants import LABELS
-from medseg.utils.atomic import atomic_write_csv
+from medseg.data.meta import SEMI_COLUMNS, meta_path, read_meta, write_meta
 from medseg.utils.logger import get_logger
 
 logger = get_logger("semi.subset")
-
-
-def read_meta(dataset_root: str, tag: str) -> pd.DataFrame:
-    """``DATASET_ROOT/<tag>_meta.csv`` with ids as strings; a clear error if it is missing."""
-    path = os.path.join(dataset_root, f"{tag}_meta.csv")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: meta file not found for tag {tag!r}")
-    meta = pd.read_csv(path, dtype={"slice_id": str, "series_id": str, "study_id": str, "patient_id": str, "cache": str})
-    for column in ("series_id", "patient_id", *LABELS):
-        if column not in meta.columns:
-            raise ValueError(f"{path}: missing column {column!r}")
-    return meta
 
 
 def split_labelled(meta: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -63,14 +50,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--unlabelled_tag", default="train_unlabelled")
     args = p.parse_args(list(argv) if argv is not None else None)
     try:
-        meta = read_meta(args.dataset_root, args.split)
+        meta = read_meta(args.dataset_root, args.split, required=SEMI_COLUMNS)
         labelled, hidden = split_labelled(meta, args.fraction, args.seed)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for tag, frame in ((args.labelled_tag, labelled), (args.unlabelled_tag, hidden)):
-        path = os.path.join(args.dataset_root, f"{tag}_meta.csv")
-        atomic_write_csv(path, frame)
+        path = meta_path(args.dataset_root, tag)
+        write_meta(path, frame)
         logger.info("wrote %s: %d series, %d slices, %d patients", path, frame["series_id"].nunique(), len(frame),
                     frame["patient_id"].nunique())
     return 0

@@ -1,32 +1,60 @@
-"""Training's eval preprocessing, rebuilt from the experiment config.
+"""Datasets and eval preprocessing, built from an experiment config.
+
+Training, evaluation, ``infer.py``, pseudo-labelling, export and ``medseg.predict`` all see data
+through these functions, so a new study is preprocessed exactly as the validation split was.
+Inference reads the config's ``infer_dataset`` section if it has one, else ``val_dataset``.
 
 Training sees a slice as: uint8 windows of the HU image (``medseg.data.series_volume``, the same
 lookup tables prepare uses), cropped to the head box found at prepare time (``medseg.data.crop``),
-then the ``val_dataset`` (or ``infer_dataset``) transforms of the config. Predict and export call
-the same functions, so a new study is seen exactly as the validation split was.
+then the section's transforms.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from medseg.config import Config
+from medseg.data.dataset import ConcatSeriesDataset
 from medseg.data.transforms import Compose, ToCHW, Transform
-from medseg.registry import TRANSFORMS, ConfigError, build
+from medseg.registry import DATASETS, TRANSFORMS, ConfigError, build
+
+
+def eval_section(cfg: Config) -> str:
+    """The dataset section inference uses: ``infer_dataset`` if present, else ``val_dataset``."""
+    return "infer_dataset" if "infer_dataset" in cfg else "val_dataset"
+
+
+def build_dataset(cfg: Config, key: str, seed: int | None = None, **overrides: Any):
+    """A dataset section is one ``{type: ...}`` or a list of them (concatenated, e.g. labelled +
+    pseudo-labelled series). ``overrides`` replace keys of every entry (e.g. ``split``)."""
+    section = cfg.section(key)
+    items = section if isinstance(section, list) else [section]
+    built = []
+    for i, item in enumerate(items):
+        item = {**item, **overrides}
+        extra = {"seed": seed} if seed is not None and "seed" not in item else {}
+        where = f"{cfg.path or '<config>'}: {key}" + (f"[{i}]" if isinstance(section, list) else "")
+        built.append(build(item, DATASETS, where, **extra))
+    return built[0] if len(built) == 1 else ConcatSeriesDataset(built)
+
+
+def build_eval_dataset(cfg: Config, split: str, **overrides: Any):
+    """The ``split`` tag read with the eval section's dataset and transforms."""
+    return build_dataset(cfg, eval_section(cfg), split=split, **overrides)
 
 
 def eval_transform_config(cfg: Config) -> list[dict]:
-    """The transform list of the dataset section inference uses (``infer_dataset`` if present,
-    else ``val_dataset``; the first entry when the section is a list)."""
-    key = "infer_dataset" if "infer_dataset" in cfg else "val_dataset"
+    """The transform list of the eval section (its first entry when the section is a list)."""
+    key = eval_section(cfg)
     section = cfg.section(key)
     entry = section[0] if isinstance(section, list) else section
     transforms = entry.get("transforms") if isinstance(entry, dict) else None
     if not transforms:
-        raise ConfigError(f"{cfg.path or '<config>'}: {key} has no transforms (predict needs the eval preprocessing)")
+        raise ConfigError(f"{cfg.path or '<config>'}: {key} has no transforms (inference needs the eval preprocessing)")
     return copy.deepcopy(list(transforms))
 
 

@@ -1,4 +1,4 @@
-"""Inference: a trained model over one split → the predictions CSV of docs/design.md (+ metrics)."""
+"""``infer.py``: a training checkpoint over one prepared split → the predictions CSV of docs/design.md (+ metrics)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pandas as pd
 
 from medseg.config import Config
 from medseg.constants import LABELS
+from medseg.data.build import build_eval_dataset
 from medseg.engine import checkpoint as ckpt
 from medseg.engine import distributed as dist
-from medseg.engine.evaluator import predict
+from medseg.engine.evaluator import predict_dataset
 from medseg.engine.metrics import WeightedLogLoss
-from medseg.engine.trainer import build_dataset
 from medseg.utils.atomic import atomic_write_csv, atomic_write_json
 from medseg.utils.logger import get_logger
 
@@ -25,7 +25,7 @@ def metrics_path(output: str) -> str:
     return f"{os.path.splitext(output)[0]}_metrics.json"
 
 
-def run_inference(cfg: Config, resume_model: str, split: str, output: str, num_workers: int = 0,
+def infer_split(cfg: Config, resume_model: str, split: str, output: str, num_workers: int = 0,
                   multigpu_infer: bool = False, batch_size: int = 1) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     """Predict ``split`` with the weights at ``resume_model``; rank 0 writes ``output``.
 
@@ -36,13 +36,12 @@ def run_inference(cfg: Config, resume_model: str, split: str, output: str, num_w
         raise ckpt.CheckpointError(f"{resume_model}: checkpoint not found")
     if multigpu_infer:
         dist.init_distributed()
-    section = "infer_dataset" if "infer_dataset" in cfg else "val_dataset"
-    dataset = build_dataset(cfg, section, split=split)
+    dataset = build_eval_dataset(cfg, split)
     model = cfg.build("model")
     ckpt.load_params(resume_model, model, strict=True)
     logger.info("predicting %s: %d series with %s on %d process(es)", dataset.meta_file if hasattr(dataset, "meta_file") else split,
                 len(dataset), resume_model, dist.get_world_size())
-    frame, labels = predict(model, dataset, batch_size=batch_size, num_workers=num_workers, sharded=dist.is_distributed())
+    frame, labels = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, sharded=dist.is_distributed())
     metrics = None
     if getattr(dataset, "labelled", False):
         metric = cfg.build("metric") if "metric" in cfg else WeightedLogLoss()
