@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from medseg.constants import LABELS  # noqa: E402
+from medseg.constants import DEFAULT_WINDOWS, LABELS  # noqa: E402
+from medseg.data.cache import LEGACY_SUFFIX, SUFFIX, write_cache_file  # noqa: E402
 from medseg.registry import MODELS  # noqa: E402
 from medseg.utils.atomic import atomic_save_npy, atomic_write_csv  # noqa: E402
 
@@ -53,8 +54,9 @@ if "TinySeriesNet" not in MODELS:
 
 
 def make_prepared(root: str, splits: dict[str, int] | None = None, size: int = 40, seed: int = 0,
-                  min_slices: int = 3, max_slices: int = 8) -> str:
-    """A prepared dataset per docs/design.md: ``<split>_meta.csv`` + uint8 caches; test unlabelled."""
+                  min_slices: int = 3, max_slices: int = 8, legacy: bool = False) -> str:
+    """A prepared dataset per docs/design.md: ``<split>_meta.csv`` + head-crop caches (``.hcc``, or
+    the old full-frame ``.npy`` with ``legacy``); test unlabelled."""
     splits = splits or {"train": 6, "val": 5, "test": 3}
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(root, "cache"), exist_ok=True)
@@ -67,14 +69,21 @@ def make_prepared(root: str, splits: dict[str, int] | None = None, size: int = 4
             labels = (rng.uniform(size=(n, 6)) < 0.3).astype(float)
             labels[:, 5] = labels[:, :5].max(axis=1)
             volume[labels[:, 5] > 0, 10:30, 10:30] += 150  # a bright "bleed" the model can learn
-            cache = f"cache/{series}.npy"
-            atomic_save_npy(os.path.join(root, cache), volume)
+            cache = f"cache/{series}{LEGACY_SUFFIX if legacy else SUFFIX}"
+            boxes = []
             for i in range(n):
                 y0, x0 = int(rng.integers(0, 6)), int(rng.integers(0, 6))
+                boxes.append((y0, size - int(rng.integers(0, 6)), x0, size - int(rng.integers(0, 6))))
+            if legacy:
+                atomic_save_npy(os.path.join(root, cache), volume)
+            else:
+                write_cache_file(os.path.join(root, cache), (size, size), DEFAULT_WINDOWS,
+                                 ((b, volume[i, b[0]:b[1], b[2]:b[3]], None) for i, b in enumerate(boxes)))
+            for i, (y0, y1, x0, x1) in enumerate(boxes):
                 row = {"slice_id": f"ID_{split}{k:03d}s{i:02d}", "series_id": series, "study_id": f"ST_{series}",
                        "patient_id": f"P_{series}", "slice_idx": i, "position": 5.0 * i, "spacing": 5.0,
-                       "fold": -1 if split == "test" else k % 5, "crop_y0": y0, "crop_y1": size - int(rng.integers(0, 6)),
-                       "crop_x0": x0, "crop_x1": size - int(rng.integers(0, 6)), "cache": cache}
+                       "fold": -1 if split == "test" else k % 5, "crop_y0": y0, "crop_y1": y1,
+                       "crop_x0": x0, "crop_x1": x1, "cache": cache}
                 for j, name in enumerate(LABELS):
                     row[name] = np.nan if split == "test" else labels[i, j]
                 rows.append(row)

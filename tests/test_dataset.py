@@ -10,6 +10,7 @@ import pytest
 
 from engine_fixtures import make_prepared
 from medseg.constants import LABELS
+from medseg.data.cache import read_crops
 from medseg.data.collate import collate_series
 from medseg.data.dataset import ConcatSeriesDataset, RSNASeriesDataset
 from medseg.data.sampler import SeriesBatchSampler
@@ -41,9 +42,9 @@ def test_item_is_the_cropped_series_in_slice_order(root):
     assert item["slice_ids"] == rows.slice_id.tolist()
     assert item["image"].shape == (len(rows), 3, 32, 32) and item["image"].dtype == np.float32
     np.testing.assert_array_equal(item["label"], rows[list(LABELS)].to_numpy(np.float32))
-    volume = np.load(os.path.join(root, rows.cache.iloc[0]))
+    crop = read_crops(os.path.join(root, rows.cache.iloc[0]))[1]
     r = rows.iloc[1]
-    crop = volume[1, r.crop_y0:r.crop_y1, r.crop_x0:r.crop_x1]
+    assert crop.shape[:2] == (r.crop_y1 - r.crop_y0, r.crop_x1 - r.crop_x0)
     expected = cv2.resize(crop, (32, 32), interpolation=cv2.INTER_LINEAR).astype(np.float32).transpose(2, 0, 1) / 255
     np.testing.assert_allclose(item["image"][1], expected, atol=1e-6)
 
@@ -194,3 +195,24 @@ def test_max_slices_takes_a_reproducible_run_of_consecutive_slices(root):
     assert RSNASeriesDataset(root, "val", eval_transforms(32), max_slices=100)[0]["slice_ids"] == full[0]["slice_ids"]
     with pytest.raises(ValueError, match="max_slices"):
         RSNASeriesDataset(root, "val", eval_transforms(32), max_slices=0)
+
+
+def test_old_format_cache_reads_like_the_new_one(tmp_path, caplog):
+    """A dataset prepared before the compressed cache (full-frame .npy) still loads, the same
+    items, with a note to rerun prepare."""
+    new = make_prepared(str(tmp_path / "new"), {"val": 2}, size=40)
+    old = make_prepared(str(tmp_path / "old"), {"val": 2}, size=40, legacy=True)
+    a, b = RSNASeriesDataset(new, "val", eval_transforms()), RSNASeriesDataset(old, "val", eval_transforms())
+    assert a.cache_paths[0].endswith(".hcc") and b.cache_paths[0].endswith(".npy")
+    with caplog.at_level("WARNING", logger="medseg.data.dataset"):
+        for i in range(len(a)):
+            np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
+    assert sum("old-format cache" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_corrupt_cache_names_the_file(tmp_path):
+    root = make_prepared(str(tmp_path / "p"), {"val": 1}, size=40)
+    ds = RSNASeriesDataset(root, "val", eval_transforms())
+    os.truncate(ds.cache_paths[0], os.path.getsize(ds.cache_paths[0]) - 3)
+    with pytest.raises(ValueError, match=r"ID_val000\.hcc: no cache footer.*rerun the prepare step"):
+        ds[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import glob
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import pytest
 
 from prepare_cohort import make_cohort
 from medseg.constants import DEFAULT_WINDOWS, LABELS
-from medseg.data.cache import read_valid_record, safe_name
+from medseg.data.cache import SeriesCache, read_crops, read_valid_record, safe_name
 from medseg.data.meta import META_COLUMNS
 from medseg.data.prepare import main, prepare
 from medseg.data.windows import apply_windows
@@ -76,13 +77,16 @@ def test_cache_is_the_window_formula_on_true_hu_in_head_to_foot_order(prepared):
     cohort, raw, out, _ = prepared
     meta = pd.concat(_meta(out).values())
     for series_id, rows in meta.groupby("series_id"):
-        volume = np.load(os.path.join(out, rows.cache.iloc[0]), mmap_mode="r")
-        assert volume.dtype == np.uint8 and volume.shape == (len(rows), 32, 32, 3)
+        path = os.path.join(out, rows.cache.iloc[0])
+        crops, cache = read_crops(path), SeriesCache(path)
+        assert len(crops) == len(rows) and cache.frame == (32, 32) and all(c.dtype == np.uint8 for c in crops)
         zs = [cohort.z[s] for s in rows.slice_id]
         assert zs == sorted(zs, reverse=True)  # head (highest z) first, whatever the acquisition
         np.testing.assert_allclose(rows.position.abs(), np.abs(zs))
-        for idx, slice_id in zip(rows.slice_idx, rows.slice_id):
-            np.testing.assert_array_equal(volume[idx], apply_windows(cohort.hu[slice_id], DEFAULT_WINDOWS))
+        for idx, slice_id, *box in zip(rows.slice_idx, rows.slice_id, rows.crop_y0, rows.crop_y1, rows.crop_x0, rows.crop_x1):
+            y0, y1, x0, x1 = box
+            assert cache.boxes[idx] == (y0, y1, x0, x1)  # only the head crop is stored
+            np.testing.assert_array_equal(crops[idx], apply_windows(cohort.hu[slice_id], DEFAULT_WINDOWS)[y0:y1, x0:x1])
 
 
 def test_crop_box_ignores_the_headrest_line(prepared):
@@ -96,7 +100,7 @@ def test_hostile_series_id_stays_inside_the_cache(prepared):
     _, raw, out, _ = prepared
     meta = pd.concat(_meta(out).values())
     path = meta.loc[meta.series_id == "../../x", "cache"].iloc[0]
-    assert path == f"cache/{safe_name('../../x')}.npy" and "/" not in path[len("cache/"):] and ".." not in path
+    assert path == f"cache/{safe_name('../../x')}.hcc" and "/" not in path[len("cache/"):] and ".." not in path
     assert os.path.isfile(os.path.join(out, path))
     assert sorted(os.listdir(os.path.dirname(out))) == ["out", "raw"]
 
@@ -121,14 +125,14 @@ def test_invalid_cache_is_rebuilt(prepared, tmp_path):
     _, raw, out, _ = prepared
     copy = str(tmp_path / "copy")
     shutil.copytree(out, copy)
-    npy = os.path.join(copy, "cache", "ID_serA.npy")
-    record = npy[:-4] + ".json"
-    np.save(npy, np.zeros((1, 2, 2, 3), np.uint8))  # wrong shape: e.g. an older run
-    os.unlink(os.path.join(copy, "cache", "ID_serB.json"))  # array without its record
-    cut = os.path.join(copy, "cache", "ID_serC.npy")  # cut short, as a power cut can leave an unsynced file
-    os.truncate(cut, os.path.getsize(cut) // 2)
-    assert read_valid_record(npy, record, [], "40/80") is None
-    leftovers = [os.path.join(copy, "cache", ".ID_serC.npy.k9x.tmp"), os.path.join(copy, ".train_meta.csv.k9x.tmp")]
+    wrong = os.path.join(copy, "cache", "ID_serA.hcc")
+    record = wrong[:-4] + ".json"
+    shutil.copy(os.path.join(copy, "cache", "ID_serB.hcc"), wrong)  # another series' file: slice count or boxes differ
+    os.unlink(os.path.join(copy, "cache", "ID_serB.json"))  # file without its record
+    cut = os.path.join(copy, "cache", "ID_serC.hcc")  # cut short, as a power cut can leave an unsynced file
+    os.truncate(cut, os.path.getsize(cut) - 5)
+    assert read_valid_record(wrong, record, [], "40/80") is None
+    leftovers = [os.path.join(copy, "cache", ".ID_serC.hcc.k9x.tmp"), os.path.join(copy, ".train_meta.csv.k9x.tmp")]
     foreign = os.path.join(copy, ".someone_else.csv.k9x.tmp")  # another tool's write in progress
     for path in leftovers + [foreign]:
         open(path, "wb").close()
@@ -136,6 +140,30 @@ def test_invalid_cache_is_rebuilt(prepared, tmp_path):
     assert summary.reused == 5
     assert not any(os.path.exists(p) for p in leftovers) and os.path.exists(foreign)
     os.unlink(foreign)
+    _assert_same_tree(out, copy)
+
+
+def test_old_format_cache_is_rebuilt_with_a_message(prepared, tmp_path, caplog):
+    """A dataset prepared before the compressed cache: its full-frame .npy files are replaced."""
+    _, raw, out, _ = prepared
+    copy = str(tmp_path / "copy")
+    shutil.copytree(out, copy)
+    for record_path in glob.glob(os.path.join(copy, "cache", "*.json")):  # turn every series into the old format
+        with open(record_path, encoding="utf-8") as fh:
+            record = json.load(fh)
+        if record["cache"]:
+            frame = np.zeros((len(record["crops"]), 32, 32, 3), np.uint8)
+            np.save(os.path.join(copy, record["cache"][: -len(".hcc")] + ".npy"), frame)
+            os.unlink(os.path.join(copy, record["cache"]))
+            record["cache"] = record["cache"][: -len(".hcc")] + ".npy"
+        del record["format"]
+        with open(record_path, "w", encoding="utf-8") as fh:
+            json.dump(record, fh)
+    with caplog.at_level("WARNING", logger="medseg.data.prepare"):
+        summary = prepare(raw, copy, workers=1, val_fraction=0.34, seed=7)
+    assert summary.reused == 0
+    assert any("old format" in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records)
+    assert not glob.glob(os.path.join(copy, "cache", "*.npy"))
     _assert_same_tree(out, copy)
 
 
@@ -153,7 +181,7 @@ def test_cache_is_fsynced_only_on_request(prepared, tmp_path, monkeypatch):
     assert len(synced) == 4 and not any(os.sep + "cache" + os.sep in p for p in synced)  # 3 meta tables + errors
     synced.clear()
     prepare(raw, str(tmp_path / "durable"), workers=1, val_fraction=0.34, seed=7, fsync=True)
-    cached = glob.glob(os.path.join(out, "cache", "*.npy")) + glob.glob(os.path.join(out, "cache", "*.json"))
+    cached = glob.glob(os.path.join(out, "cache", "*.hcc")) + glob.glob(os.path.join(out, "cache", "*.json"))
     assert sum(os.sep + "cache" + os.sep in p for p in synced) == len(cached) and len(synced) == len(cached) + 4
     _assert_same_tree(str(tmp_path / "plain"), str(tmp_path / "durable"))
     _assert_same_tree(out, str(tmp_path / "plain"))
@@ -186,9 +214,11 @@ def test_cli_windows_and_split_args(prepared, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "train" in printed and "errors: 8 files" in printed and "subdural" in printed
     meta = pd.read_csv(os.path.join(out, "test_meta.csv"))
-    volume = np.load(os.path.join(out, meta.cache[0]))
-    expected = [apply_windows(cohort.hu[s], ((40, 80), (80, 200))) for s in meta.slice_id]
-    np.testing.assert_array_equal(volume, np.stack(expected))  # the non-3-window gather path
+    crops = read_crops(os.path.join(out, meta.cache[0]))
+    expected = [apply_windows(cohort.hu[s], ((40, 80), (80, 200)))[r.crop_y0:r.crop_y1, r.crop_x0:r.crop_x1]
+                for s, r in zip(meta.slice_id, meta.itertuples())]
+    for got, want in zip(crops, expected, strict=True):  # the non-3-window gather path
+        np.testing.assert_array_equal(got, want)
 
 
 def _tree(root):

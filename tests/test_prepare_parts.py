@@ -15,6 +15,7 @@ from medseg.data.crop import crop_box
 from medseg.data.prepare import _task_for
 from medseg.data.kaggle_tables import label_file_mismatch, read_label_table
 from medseg.data.split import assign_folds, series_strata
+from medseg.data.cache import read_crops
 from medseg.data.series_volume import build_volume, process_series
 from medseg.data.windows import apply_windows, parse_windows, window_uint8
 from medseg.dicom.header import read_header
@@ -136,4 +137,5 @@ def test_slice_failing_after_the_scan_is_dropped_from_the_streamed_cache(tmp_pat
     volume, kept, crops, errors = build_volume(task, DEFAULT_WINDOWS)
     assert record["shape"] == list(volume.shape) and volume.shape[0] == 3 and len(record["errors"]) == 1 == len(errors)
     assert record["crops"] == [list(c) for c in crops] and record["slice_ids"] == [task.slice_ids[i] for i in kept]
-    np.testing.assert_array_equal(np.load(tmp_path / "out" / record["cache"]), volume)
+    for got, image, (y0, y1, x0, x1) in zip(read_crops(str(tmp_path / "out" / record["cache"])), volume, crops, strict=True):
+        np.testing.assert_array_equal(got, image[y0:y1, x0:x1])

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from medseg.constants import DEFAULT_WINDOWS, LABELS, TRAIN_CSV
+from medseg.data.cache import read_crops
 from medseg.data.prepare import prepare
 from medseg.data.synthetic import generate_cohort
 from medseg.data.synthetic.plan import plan_series
@@ -70,8 +71,10 @@ def test_windows_order_and_labels_match_the_truth(cohort):
             # Head to foot: positions strictly decreasing, equal to the generator's z.
             np.testing.assert_allclose(rows.position.to_numpy(), series.positions[k], atol=1e-6)
             assert np.all(np.diff(rows.position) < 0)
-            volume = np.load(os.path.join(out, rows.cache.iloc[0]), mmap_mode="r")
-            np.testing.assert_array_equal(volume, apply_windows(series.hu[k], DEFAULT_WINDOWS))
+            expected = apply_windows(series.hu[k], DEFAULT_WINDOWS)
+            crops = read_crops(os.path.join(out, rows.cache.iloc[0]))
+            for got, image, r in zip(crops, expected, rows.itertuples(), strict=True):
+                np.testing.assert_array_equal(got, image[r.crop_y0:r.crop_y1, r.crop_x0:r.crop_x1])
             if split == "test":
                 assert rows[list(LABELS)].isna().all().all()
                 continue

@@ -126,9 +126,9 @@ def test_bad_input_stops_with_one_line_naming_the_path(setup, full_run, tmp_path
     one_error_line(capsys, "nosuch_meta.csv", "meta file not found")
     broken = str(tmp_path / "broken")
     shutil.copytree(root, broken)
-    os.remove(os.path.join(broken, "cache", "ID_train002.npy"))
+    os.remove(os.path.join(broken, "cache", "ID_train002.hcc"))
     assert run_train(cfg, fresh, "--overwrite_save_dir", "-o", f"train_dataset.dataset_root={broken}") == 2
-    one_error_line(capsys, "cache/ID_train002.npy", "cache file missing")
+    one_error_line(capsys, "cache/ID_train002.hcc", "cache file missing")
     frozen = "{type: ICHSequenceClassifier, freeze_encoder: true, encoder: {type: CNNEncoder, arch: mobilenet_v3_small, scale: 0.5}}"
     assert run_train(cfg, fresh, "--overwrite_save_dir", "-o", f"model={frozen}") == 2
     one_error_line(capsys, cfg, "freeze_encoder", "would stay random")

@@ -1,7 +1,7 @@
 """The prepared-dataset reader: one item = one series (docs/design.md, "Prepared dataset").
 
-Each item memory-maps the series' uint8 cache, crops every slice by the box stored at prepare
-time, and runs the slice transforms. The random state of an item is derived from
+Each item reads the head crops of its slices from the series' cache (docs/design.md) and runs
+the slice transforms. The random state of an item is derived from
 ``(seed, epoch, index)`` so that augmentations do not depend on worker count or on how a run
 was interrupted and resumed: the sampler passes ``(index, epoch)`` keys.
 """
@@ -15,9 +15,13 @@ import numpy as np
 import paddle
 
 from medseg.constants import LABELS
+from medseg.data.cache import CacheFormatError, open_series
 from medseg.data.meta import CROP_COLUMNS, DATASET_COLUMNS, MetaTableError, meta_path, read_meta_file, sort_meta
 from medseg.data.transforms import Compose, ToCHW, Transform
 from medseg.registry import DATASETS
+from medseg.utils.logger import get_logger
+
+logger = get_logger("data.dataset")
 
 
 def split_key(key: Any) -> tuple[int, int]:
@@ -78,6 +82,7 @@ class RSNASeriesDataset(paddle.io.Dataset):
                 raise FileNotFoundError(f"{cache}: cache file missing for series {sid} (listed in {path})")
         self.labelled = bool(np.isfinite(self.labels).all())
         self.meta_file = path
+        self._legacy_noted = False
 
     def __len__(self) -> int:
         return len(self.series_ids)
@@ -86,23 +91,30 @@ class RSNASeriesDataset(paddle.io.Dataset):
         return int(self.ends[index] - self.starts[index])
 
     def load_slices(self, index: int, lo: int = 0, hi: int | None = None) -> list[np.ndarray]:
-        """The series' slices ``lo:hi`` in order, each cropped to its stored head box (H × W × C uint8)."""
+        """The series' slices ``lo:hi`` in order, each cropped to its head box (H × W × C uint8).
+
+        Reads the compressed head-crop cache (only the slices asked for), or an old-format
+        full-frame ``.npy`` cropped by the meta table's boxes."""
         path = self.cache_paths[index]
         start, end = int(self.starts[index]), int(self.ends[index])
         try:
-            volume = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: unreadable cache file ({err})") from err
-        if volume.ndim != 4 or volume.shape[0] != end - start or volume.dtype != np.uint8:
-            raise ValueError(f"{path}: expected uint8 [{end - start}, H, W, C], found {volume.dtype} {list(volume.shape)}")
-        height, width = volume.shape[1:3]
-        slices = []
+            cache = open_series(path, self.boxes[start:end])
+        except CacheFormatError as err:
+            raise ValueError(f"{err} (series {self.series_ids[index]}; rerun the prepare step to rebuild it)") from err
+        if len(cache) != end - start:
+            raise ValueError(f"{path}: {len(cache)} slices cached, {end - start} listed in {self.meta_file}")
+        height, width = cache.frame
         hi = end - start if hi is None else hi
-        for i, (y0, y1, x0, x1) in enumerate(self.boxes[start + lo:start + hi], start=lo):
+        for i, (y0, y1, x0, x1) in enumerate(cache.boxes[lo:hi], start=lo):
             if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
                 raise ValueError(f"{path}: crop box {[y0, y1, x0, x1]} of slice {self.slice_ids[start + i]} outside the {height}x{width} frame")
-            slices.append(np.asarray(volume[i, y0:y1, x0:x1]))
-        return slices
+        if cache.legacy and not self._legacy_noted:
+            self._legacy_noted = True
+            logger.warning("%s: old-format cache (uncompressed full frames); rerun the prepare step to shrink it ~10x", path)
+        try:
+            return cache.read_many(range(lo, hi))
+        except CacheFormatError as err:
+            raise ValueError(f"{err} (series {self.series_ids[index]}; rerun the prepare step to rebuild it)") from err
 
     def rng(self, index: int, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, index])

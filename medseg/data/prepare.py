@@ -324,6 +324,11 @@ def prepare(
     os.makedirs(cache_dir, exist_ok=True)
     cache_io.remove_stale_temporaries(cache_dir)
     cache_io.remove_stale_temporaries(dataset_root, [f"{tag}{META_SUFFIX}" for tag in PREPARED_TAGS] + [ERRORS_CSV])
+    legacy = cache_io.legacy_files(cache_dir)
+    if legacy:
+        logger.warning("%s: %d series cached in the old format (uncompressed full-frame .npy, ~10x the disk): "
+                       "rebuilding them as compressed head crops (%s); each .npy is deleted once its series is rebuilt",
+                       cache_dir, len(legacy), cache_io.SUFFIX)
     summary = PrepareSummary()
     errors: list[ErrorRow] = []
 

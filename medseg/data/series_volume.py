@@ -60,6 +60,14 @@ def word_lut(params: ModalityParams, layout: WordLayout, windows: tuple[Window, 
 
 
 @lru_cache(maxsize=64)
+def code_lut(params: ModalityParams, layout: WordLayout, windows: tuple[Window, ...]) -> np.ndarray | None:
+    """``[2**word_bits]`` uint16: the cache's chain code of every possible stored word (see
+    :mod:`medseg.data.cache`), or None if a word's windows are off the chain (then the slices are
+    stored as plain channels)."""
+    return cache_io.chain_codes(word_lut(params, layout, windows), windows) if len(windows) > 1 else None
+
+
+@lru_cache(maxsize=64)
 def _packed_lut(params: ModalityParams, layout: WordLayout, windows: tuple[Window, ...]) -> np.ndarray:
     """The 3-window table packed into uint32 (4th byte unused): a 4-byte gather is ~3x faster
     than numpy's gather of 3-byte rows."""
@@ -97,10 +105,11 @@ Crop = tuple[int, int, int, int]
 
 
 def window_slices(task: SeriesTask, windows: tuple[Window, ...], target: Callable[[int], np.ndarray],
-                  errors: list[tuple[str, str, str]]) -> Iterator[tuple[int, Crop, np.ndarray]]:
+                  errors: list[tuple[str, str, str]], words_out: list | None = None) -> Iterator[tuple[int, Crop, np.ndarray]]:
     """Decode and window each slice into ``target(k)`` (``[H, W, C]`` uint8; k counts the slices
     kept so far) and yield ``(index in the series, crop box, that image)`` per good slice. A bad
-    slice is appended to ``errors`` as (file, reason, error class) and skipped, never raised."""
+    slice is appended to ``errors`` as (file, reason, error class) and skipped, never raised.
+    ``words_out``, if given, holds ``[words, params, layout]`` of the slice being yielded."""
     rows, cols = task.rows, task.cols
     # Per-slice buffers reused across the series: fresh pages cost more than the work done in them.
     scratch = np.empty((rows, cols), dtype=np.uint32)
@@ -123,6 +132,8 @@ def window_slices(task: SeriesTask, windows: tuple[Window, ...], target: Callabl
             errors.append((rel, f"unexpected {type(exc).__name__}: {exc}", "UnexpectedError"))
             continue
         kept += 1
+        if words_out is not None:
+            words_out[:] = (words, params, layout)
         yield index, crop_box(cv2.extractChannel(out, tissue_channel, dst=tissue), eroded), out
 
 
@@ -139,13 +150,13 @@ def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, .
     """Build (or reuse, if complete and valid) one series' cache; returns its record. ``durable``:
     fsync the cache files (see :mod:`medseg.data.cache`).
 
-    The slices are streamed to the cache file through one reused buffer, not stacked first: a
-    ~25 MB volume per series costs more in fresh pages than the windowing itself.
+    Each slice is windowed into one reused buffer (for its crop box), and only its head crop goes
+    to the cache, as chain codes gathered straight from the stored words (one table look-up).
     """
-    rel, npy_path, record_path = cache_io.cache_paths(dataset_root, task.series_id)
+    rel, cache_path, record_path = cache_io.cache_paths(dataset_root, task.series_id)
     inputs = task.inputs()
     window_text = format_windows(windows)
-    record = cache_io.read_valid_record(npy_path, record_path, inputs, window_text)
+    record = cache_io.read_valid_record(cache_path, record_path, inputs, window_text)
     if record is not None:
         record["reused"] = True
         return record
@@ -153,12 +164,16 @@ def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, .
     kept: list[int] = []
     crops: list[Crop] = []
     errors: list[tuple[str, str, str]] = []
+    decoded: list = []
 
-    def images() -> Iterator[np.ndarray]:
-        for index, crop, out in window_slices(task, windows, lambda _: image, errors):
+    def head_crops() -> Iterator[tuple[Crop, np.ndarray, np.ndarray | None]]:
+        for index, crop, out in window_slices(task, windows, lambda _: image, errors, decoded):
             kept.append(index)
             crops.append(crop)
-            yield out
+            y0, y1, x0, x1 = crop
+            words, params, layout = decoded
+            table = code_lut(params, layout, windows)
+            yield crop, out[y0:y1, x0:x1], None if table is None else np.take(table, words[y0:y1, x0:x1])
 
     def make_record(count: int) -> dict:
         return {
@@ -166,6 +181,7 @@ def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, .
             "study_id": task.study_id,
             "patient_id": task.patient_id,
             "cache": rel if count else "",
+            "format": cache_io.FORMAT,
             "windows": window_text,
             "inputs": inputs,
             "shape": [count, *image.shape],
@@ -176,6 +192,10 @@ def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, .
             "errors": [list(e) for e in errors],
         }
 
-    record = cache_io.write_series(npy_path, record_path, (len(task.files), *image.shape), images(), make_record, durable)
+    record = cache_io.write_series(cache_path, record_path, (task.rows, task.cols), tuple(windows), head_crops(), make_record, durable)
+    legacy = os.path.join(dataset_root, cache_io.CACHE_DIR, os.path.basename(cache_path)[: -len(cache_io.SUFFIX)] + cache_io.LEGACY_SUFFIX)
+    if os.path.exists(legacy):  # the old uncompressed format of this series, now replaced
+        os.unlink(legacy)
+        record["replaced_legacy"] = True
     record["reused"] = False
     return record

@@ -16,7 +16,7 @@ import html
 import math
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -27,6 +27,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from medseg.constants import CLASS_WEIGHTS, LABELS
+from medseg.data.cache import SUFFIX as CACHE_SUFFIX, CacheFormatError, SeriesCache
 from medseg.data.meta import CROP_COLUMNS, meta_files, read_meta_file
 from medseg.engine.metrics import METRIC_EPS, evaluate_predictions, per_class_log_loss, per_image_log_loss, prevalence
 from medseg.outputs.predictions import TableError, format_examples, read_table
@@ -176,20 +177,28 @@ def _thumbnails(rows: pd.DataFrame, dataset_root: str) -> np.ndarray:
     """
     first, last = int(rows["slice_idx"].iloc[0]), int(rows["slice_idx"].iloc[-1])
     strip = np.zeros((THUMB_PX, (last - first + 1) * THUMB_PX), dtype=np.uint8)
-    caches: dict[str, np.ndarray] = {}
+    caches: dict[str, Any] = {}
     crop_cols = ("crop_y0", "crop_y1", "crop_x0", "crop_x1")
     for row in rows.itertuples(index=False):
         path = os.path.join(dataset_root, row.cache)
         if path not in caches:
             if not os.path.isfile(path):
                 raise TableError(f"{path}: cache file of series {row.series_id} not found")
-            caches[path] = np.load(path, mmap_mode="r")
+            try:
+                caches[path] = SeriesCache(path) if path.endswith(CACHE_SUFFIX) else np.load(path, mmap_mode="r")
+            except CacheFormatError as err:
+                raise TableError(str(err)) from err
         volume = caches[path]
-        if volume.ndim != 4 or not 0 <= row.slice_idx < volume.shape[0]:
+        if isinstance(volume, SeriesCache):  # the compressed cache holds the head crops already
+            if not 0 <= row.slice_idx < len(volume):
+                raise TableError(f"{path}: {len(volume)} slices, no slice {row.slice_idx}")
+            image = volume.read(int(row.slice_idx))[..., 0]
+        elif volume.ndim != 4 or not 0 <= row.slice_idx < volume.shape[0]:
             raise TableError(f"{path}: shape {volume.shape} has no slice {row.slice_idx} (expected uint8 [S, H, W, C])")
-        image = np.asarray(volume[row.slice_idx, :, :, 0])
+        else:
+            image = np.asarray(volume[row.slice_idx, :, :, 0])
         box = [getattr(row, k, None) for k in crop_cols]
-        if all(v is not None and pd.notna(v) for v in box):
+        if not isinstance(volume, SeriesCache) and all(v is not None and pd.notna(v) for v in box):
             y0, y1, x0, x1 = (int(v) for v in box)
             if y1 > y0 and x1 > x0:
                 image = image[y0:y1, x0:x1]
