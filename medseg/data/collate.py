@@ -6,30 +6,41 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medseg.data.device_augment import collate_device
+
 
 def collate_series(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Items of docs/design.md → ``image [B, S, C, H, W]``, ``label [B, S, 6]``, ``mask [B, S]``.
 
     Padded slices are zeros with ``mask`` False; ``slice_ids`` keeps only the real slices, so
-    nothing downstream can mistake a padding row for a slice.
+    nothing downstream can mistake a padding row for a slice. Items augmented on the device
+    (uint8 crops + warps) become ``image`` uint8 ``[B, S, H, W, C]`` plus the fields
+    :func:`medseg.data.device_augment.to_model_input` turns into the model's input.
     """
     if not items:
         raise ValueError("collate_series: empty batch")
-    shapes = {item["image"].shape[1:] for item in items}
-    if len(shapes) != 1:
-        raise ValueError(f"collate_series: slices of one batch must share C × H × W, got {sorted(shapes)}")
+    on_device = {"inverse" in item for item in items}
+    if len(on_device) != 1:
+        raise ValueError("collate_series: a batch mixes items augmented on the CPU and on the device")
     longest = max(len(item["image"]) for item in items)
     batch = len(items)
-    image = np.zeros((batch, longest, *shapes.pop()), dtype=np.float32)
+    if on_device.pop():
+        fields = collate_device(list(items), longest)
+    else:
+        shapes = {item["image"].shape[1:] for item in items}
+        if len(shapes) != 1:
+            raise ValueError(f"collate_series: slices of one batch must share C × H × W, got {sorted(shapes)}")
+        fields = {"image": np.zeros((batch, longest, *shapes.pop()), dtype=np.float32)}
+        for b, item in enumerate(items):
+            fields["image"][b, :len(item["image"])] = item["image"]
     label = np.zeros((batch, longest, items[0]["label"].shape[-1]), dtype=np.float32)
     mask = np.zeros((batch, longest), dtype=bool)
     for b, item in enumerate(items):
         n = len(item["image"])
-        image[b, :n] = item["image"]
         label[b, :n] = item["label"]
         mask[b, :n] = True
     return {
-        "image": image,
+        **fields,
         "label": label,
         "mask": mask,
         "series_id": [item["series_id"] for item in items],

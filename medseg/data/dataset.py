@@ -40,10 +40,14 @@ class RSNASeriesDataset(paddle.io.Dataset):
     slices, drawn per (seed, epoch, index). A step then holds more series for the same compute
     (consecutive slices are alike, so series diversity is what a batch lacks); the sequence head
     still sees local context, and evaluation always takes whole series.
+
+    ``augment_on_device``: an item holds the uint8 head crops (on one zero canvas) and the warps
+    its transforms drew, and the model's device warps and normalises them
+    (:mod:`medseg.data.device_augment`); the draws are those of the CPU path.
     """
 
     def __init__(self, dataset_root: str, split: str = "train", transforms: Sequence[Transform] = (),
-                 per_slice: bool = True, seed: int = 0, max_slices: int | None = None):
+                 per_slice: bool = True, seed: int = 0, max_slices: int | None = None, augment_on_device: bool = False):
         super().__init__()
         if max_slices is not None and int(max_slices) < 1:
             raise ValueError(f"{split} dataset: max_slices must be a positive number of slices or null, got {max_slices}")
@@ -55,6 +59,12 @@ class RSNASeriesDataset(paddle.io.Dataset):
         if not transforms or not isinstance(transforms[-1], ToCHW):
             raise ValueError(f"{split} dataset: transforms must end with ToCHW (models take C × H × W), got {transforms!r}")
         self.transforms = Compose(transforms, per_slice=per_slice)
+        self.augment_on_device = bool(augment_on_device)
+        if self.augment_on_device:
+            try:
+                self.transforms.device_split()
+            except ValueError as err:
+                raise ValueError(f"{split} dataset: {err}") from None
         if not os.path.isdir(dataset_root):
             raise FileNotFoundError(f"{dataset_root}: dataset root not found (run the prepare step first)")
         self._load_meta(meta_path(dataset_root, split))
@@ -132,12 +142,25 @@ class RSNASeriesDataset(paddle.io.Dataset):
         index, epoch = split_key(key)
         lo, hi = self.window(index, epoch)
         start = int(self.starts[index])
-        image = self.transforms.stack(self.load_slices(index, lo, hi), self.rng(index, epoch))
+        return self.make_item(index, self.load_slices(index, lo, hi), np.arange(start + lo, start + hi), self.rng(index, epoch))
+
+    def make_item(self, index: int, slices: list[np.ndarray], rows: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+        """The item of series ``index`` from its cropped ``slices`` (meta ``rows``): transformed on
+        the CPU, or as uint8 crops + drawn warps for the device (``augment_on_device``)."""
+        if self.augment_on_device:
+            crops, plan = self.transforms.device_plan(slices, rng)
+            canvas = np.zeros((len(crops), max(c.shape[0] for c in crops), max(c.shape[1] for c in crops), crops[0].shape[2]), np.uint8)
+            for i, crop in enumerate(crops):
+                canvas[i, :crop.shape[0], :crop.shape[1]] = crop
+            fields = {"image": canvas, "inverse": plan.inverse, "cuts": plan.cuts, "out_hw": plan.out_hw,
+                      "mean": plan.mean, "std": plan.std}
+        else:
+            fields = {"image": self.transforms.stack(slices, rng).astype(np.float32, copy=False)}
         return {
-            "image": image.astype(np.float32, copy=False),
-            "label": self.labels[start + lo:start + hi].copy(),
+            **fields,
+            "label": self.labels[rows].copy(),
             "series_id": self.series_ids[index],
-            "slice_ids": [str(s) for s in self.slice_ids[start + lo:start + hi]],
+            "slice_ids": [str(s) for s in self.slice_ids[rows]],
         }
 
 

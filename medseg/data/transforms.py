@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import cv2
@@ -243,6 +244,55 @@ class ToCHW(Transform):
         return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
 
 
+def affine_run(run: Sequence[AffineTransform], params: Sequence[Any], in_hw: tuple[int, int]
+               ) -> tuple[np.ndarray, tuple[int, int], list[tuple[np.ndarray, tuple[int, int]]]]:
+    """A run of affine transforms on a slice of size ``in_hw`` as one warp: (3 × 3 matrix from
+    input to output pixels, output size, cuts). A cut is an intermediate canvas that the
+    sequential version would have clipped, as (matrix from that canvas to the output, its size)."""
+    shape = tuple(in_hw)
+    matrices, shapes = [], []
+    for t, p in zip(run, params):
+        matrix, shape = t.affine(p, shape)
+        matrices.append(matrix)
+        shapes.append(tuple(shape))
+    total = np.eye(3)
+    for matrix in matrices:
+        total = matrix @ total
+    cuts, suffix = [], np.eye(3)
+    for k in range(len(run) - 2, -1, -1):  # canvases after each stage but the last
+        suffix = suffix @ matrices[k + 1]
+        if not run[k].keeps_canvas:
+            cuts.append((suffix, shapes[k]))
+    return total, shapes[-1], cuts
+
+
+def pixel_to_unit(hw: tuple[int, int]) -> np.ndarray:
+    """3 × 3 matrix from pixel coordinates (centres at integers, cv2's convention) to the [-1, 1]
+    coordinates of ``affine_grid``/``grid_sample`` with ``align_corners=False``."""
+    h, w = hw
+    return np.array([[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0.0, 0.0, 1.0]])
+
+
+def _normalised(output_to_input: np.ndarray, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """An output-pixel → input-pixel matrix as the 2 × 3 ``theta`` of ``affine_grid``."""
+    return (pixel_to_unit(in_hw) @ output_to_input @ np.linalg.inv(pixel_to_unit(out_hw)))[:2]
+
+
+@dataclass
+class DevicePlan:
+    """What the device needs to finish a series' slices: per slice the matrix from output to
+    input pixels (``inverse``, float64 [S, 3, 3]; the input is the slice's own crop, placed at
+    the top left of whatever canvas carries it), the cut masks as ``affine_grid`` thetas on the
+    output (``cuts``, [S, K, 2, 3]: a pixel is kept where every cut maps it inside [-1, 1]), the
+    output size, and the normalisation."""
+
+    inverse: np.ndarray
+    cuts: np.ndarray
+    out_hw: tuple[int, int]
+    mean: np.ndarray
+    std: np.ndarray
+
+
 def _same_hwc(images: Sequence[np.ndarray]) -> bool:
     return bool(images) and images[0].ndim == 3 and all(img.shape == images[0].shape for img in images)
 
@@ -305,24 +355,11 @@ class Compose:
 
     def _warp_run(self, image: np.ndarray, run: list[AffineTransform], params: list[Any]) -> np.ndarray:
         """One warp for the whole run, then zero what an intermediate canvas would have cut."""
-        shape = image.shape[:2]
-        matrices, shapes = [], []
-        for t, p in zip(run, params):
-            matrix, shape = t.affine(p, shape)
-            matrices.append(matrix)
-            shapes.append(tuple(shape))
-        total = np.eye(3)
-        for matrix in matrices:
-            total = matrix @ total
-        out_hw = shapes[-1]
+        total, out_hw, cuts = affine_run(run, params, image.shape[:2])
         out = _warp(image, total[:2], out_hw)
-        mask, suffix = None, np.eye(3)
-        for k in range(len(run) - 2, -1, -1):  # canvases after each stage but the last
-            suffix = suffix @ matrices[k + 1]
-            if run[k].keeps_canvas:
-                continue
+        mask = None
+        for suffix, (h, w) in cuts:
             # The canvas (pixel edges at -0.5 and size - 0.5) maps to a parallelogram in the output.
-            h, w = shapes[k]
             corners = np.array([[-0.5, -0.5, 1], [w - 0.5, -0.5, 1], [w - 0.5, h - 0.5, 1], [-0.5, h - 0.5, 1]])
             polygon = np.round((corners @ suffix[:2].T) * 16).astype(np.int32)  # 4 fractional bits
             inside = np.zeros(out_hw, np.uint8)
@@ -331,6 +368,44 @@ class Compose:
         if mask is not None:  # a hard edge where the sequential warps blend one pixel into zero
             out = cv2.bitwise_and(out, out, mask=mask).reshape(out.shape)
         return out
+
+    def device_split(self) -> tuple[list[list[Transform]], list[AffineTransform], Normalize]:
+        """For augmentation on the model's device: (stages run here on the CPU first, the affine
+        run that becomes the device's warp, the Normalize after it). The transforms must end with
+        one run of affine transforms whose output size is fixed (a Resize or RandomResizedCrop
+        in it), then ``Normalize``, then ``ToCHW``."""
+        stages = self._stages
+        shape_ok = (self.fuse and len(stages) >= 2 and len(stages[-1]) == 2 and isinstance(stages[-1][0], Normalize)
+                    and all(isinstance(t, AffineTransform) for t in stages[-2]))
+        if not shape_ok or not any(isinstance(t, (Resize, RandomResizedCrop)) for t in stages[-2]):
+            raise ValueError("augment_on_device: the transforms must end with affine transforms that include a Resize or "
+                             f"RandomResizedCrop, then Normalize, then ToCHW; got {self.transforms!r}")
+        return stages[:-2], stages[-2], stages[-1][0]
+
+    def device_plan(self, slices: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[list[np.ndarray], DevicePlan]:
+        """The CPU half of ``stack`` for augmentation on the device: runs the leading non-affine
+        stages, then draws the affine run's parameters exactly as ``stack`` would (same order,
+        same random state) and returns (the uint8 slices, their warps). :mod:`medseg.data.device_augment`
+        does the warp and the normalisation."""
+        before, run, normalize = self.device_split()
+        out = list(slices)
+        for stage in before:
+            if self.per_slice:
+                out = [self._apply(stage, img, [t.sample(rng) for t in stage]) for img in out]
+            else:
+                params = [t.sample(rng) for t in stage]
+                out = [self._apply(stage, img, params) for img in out]
+        shared = None if self.per_slice else [t.sample(rng) for t in run]
+        inverse, cuts, out_hw = [], [], None
+        for img in out:
+            total, out_hw, slice_cuts = affine_run(run, shared or [t.sample(rng) for t in run], img.shape[:2])
+            inverse.append(np.linalg.inv(total))
+            cuts.append([_normalised(np.linalg.inv(suffix), hw, out_hw) for suffix, hw in slice_cuts])
+        plan = DevicePlan(inverse=np.asarray(inverse, np.float64).reshape(len(out), 3, 3), out_hw=tuple(out_hw),
+                          cuts=np.asarray(cuts, np.float32).reshape(len(out), -1, 2, 3),
+                          mean=np.broadcast_to(normalize.mean, (out[0].shape[2],)).astype(np.float32),
+                          std=np.broadcast_to(normalize.std, (out[0].shape[2],)).astype(np.float32))
+        return out, plan
 
     def __repr__(self) -> str:
         return f"Compose(per_slice={self.per_slice}, fuse={self.fuse}, {self.transforms!r})"

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from medseg.constants import LABELS
 from medseg.data.collate import collate_series
+from medseg.data.device_augment import to_model_input
 from medseg.data.sampler import SeriesBatchSampler
 from medseg.engine import distributed as dist
 from medseg.engine.metrics import WeightedLogLoss
@@ -41,6 +42,7 @@ def predict_shard(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_work
     try:
         with paddle.no_grad():
             for batch_keys, batch in zip(keys, loader):
+                batch = to_model_input(batch)  # augment_on_device: warp + normalise here
                 probs = paddle.nn.functional.sigmoid(prediction_logits(model(batch["image"], batch["mask"])))
                 # Own copies: a tensor's numpy view can be recycled before the shards are gathered.
                 probs = np.array(probs.astype("float32").numpy(), copy=True)

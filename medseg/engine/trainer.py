@@ -23,6 +23,7 @@ import paddle
 
 from medseg.config import Config
 from medseg.data.collate import collate_series
+from medseg.data.device_augment import to_model_input
 from medseg.data.build import build_dataset
 from medseg.data.sampler import SeriesBatchSampler
 from medseg.engine import checkpoint as ckpt
@@ -211,6 +212,7 @@ class Trainer:
 
     def _step(self, batch: dict[str, Any]) -> tuple[float, list[float]]:
         with paddle.amp.auto_cast(enable=self.amp_on, level=self.opts.amp, dtype=self.opts.amp_dtype):
+            batch = to_model_input(batch)  # augment_on_device: warp + normalise here
             outputs = self.model(batch["image"], batch["mask"])
         loss, parts = self.loss_fn(outputs, batch["label"], batch["mask"])
         value = dist.mean_across_ranks(loss)  # all ranks see the same value, so all stop together

@@ -28,9 +28,9 @@ class PseudoSeriesDataset(RSNASeriesDataset):
 
     def __init__(self, dataset_root: str, split: str = "test_pseudo", transforms: Sequence[Transform] = (),
                  per_slice: bool = True, seed: int = 0, exclude_splits: Sequence[str] = DEFAULT_EXCLUDE,
-                 max_slices: int | None = None):
+                 max_slices: int | None = None, augment_on_device: bool = False):
         check_pseudo_file(dataset_root, split, list(exclude_splits))
-        super().__init__(dataset_root, split, transforms, per_slice, seed, max_slices)
+        super().__init__(dataset_root, split, transforms, per_slice, seed, max_slices, augment_on_device)
         self.exclude_splits = list(exclude_splits)
         self.keep = np.isfinite(self.labels).all(axis=1)  # False = dropped by the confidence filter
         for index, sid in enumerate(self.series_ids):
@@ -47,10 +47,4 @@ class PseudoSeriesDataset(RSNASeriesDataset):
         lo, hi = self.window(index, epoch)  # over the kept slices
         kept = np.flatnonzero(self.keep[start:end])[lo:hi]
         slices = self.load_slices(index, int(kept[0]), int(kept[-1]) + 1)
-        slices = self.transforms([slices[i - kept[0]] for i in kept], self.rng(index, epoch))
-        return {
-            "image": np.stack(slices).astype(np.float32, copy=False),
-            "label": self.labels[start + kept].copy(),
-            "series_id": self.series_ids[index],
-            "slice_ids": [str(s) for s in self.slice_ids[start + kept]],
-        }
+        return self.make_item(index, [slices[i - kept[0]] for i in kept], start + kept, self.rng(index, epoch))

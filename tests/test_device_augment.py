@@ -1,0 +1,121 @@
+"""Augmentation on the device (augment_on_device): the CPU half draws exactly what the CPU path
+draws, and the batched affine_grid + grid_sample warp gives the CPU path's images within
+interpolation rounding."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from engine_fixtures import make_prepared
+from medseg.data.cache import write_cache_file
+from medseg.data.collate import collate_series
+from medseg.data.dataset import RSNASeriesDataset
+from medseg.data.device_augment import to_model_input
+from medseg.data.transforms import (HorizontalFlip, Normalize, RandomResizedCrop, RandomRotation, Resize, ToCHW,
+                                    VerticalFlip)
+from medseg.constants import DEFAULT_WINDOWS
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def paper(size=48):
+    return [RandomResizedCrop(size, (0.8, 1.2)), HorizontalFlip(), VerticalFlip(), RandomRotation(180), Normalize(MEAN, STD), ToCHW()]
+
+
+def smooth_prepared(root, n_series=3, seed=0):
+    """Head-like smooth content (bilinear rounding differs between cv2's fixed point and float
+    sampling by at most a grey level or two on smooth images) with crops of different sizes."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "cache"), exist_ok=True)
+    rows = []
+    for k in range(n_series):
+        n = int(rng.integers(3, 7))
+        yy, xx = np.mgrid[:64, :64]
+        boxes, crops = [], []
+        for i in range(n):
+            y0, x0 = int(rng.integers(0, 10)), int(rng.integers(0, 10))
+            y1, x1 = 64 - int(rng.integers(0, 16)), 64 - int(rng.integers(0, 12))
+            blob = np.exp(-(((yy - 30 - 4 * i) / 14.0) ** 2 + ((xx - 32) / 11.0) ** 2))
+            frame = np.stack([np.clip(255 * blob * g + 20 * np.sin(xx / 6.0 + k), 0, 255) for g in (1.0, 0.8, 0.5)], -1)
+            boxes.append((y0, y1, x0, x1))
+            crops.append(np.ascontiguousarray(frame[y0:y1, x0:x1].astype(np.uint8)))
+        write_cache_file(os.path.join(root, "cache", f"S{k}.hcc"), (64, 64), DEFAULT_WINDOWS,
+                         ((b, c, None) for b, c in zip(boxes, crops)))
+        for i, (y0, y1, x0, x1) in enumerate(boxes):
+            rows.append(f"S{k}_{i},S{k},{i},0,0,0,0,0,0,{y0},{y1},{x0},{x1},cache/S{k}.hcc")
+    header = "slice_id,series_id,slice_idx,epidural,intraparenchymal,intraventricular,subarachnoid,subdural,any,crop_y0,crop_y1,crop_x0,crop_x1,cache"
+    with open(os.path.join(root, "train_meta.csv"), "w") as fh:
+        fh.write("\n".join([header, *rows]) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return smooth_prepared(str(tmp_path_factory.mktemp("smooth")))
+
+
+def device_images(dataset, keys):
+    batch = to_model_input(collate_series([dataset[k] for k in keys]))
+    return batch["image"].numpy(), np.asarray(batch["mask"])
+
+
+@pytest.mark.parametrize("per_slice", [True, False])
+def test_same_draws_same_images_within_interpolation(root, per_slice):
+    cpu = RSNASeriesDataset(root, "train", paper(), per_slice=per_slice, seed=5)
+    dev = RSNASeriesDataset(root, "train", paper(), per_slice=per_slice, seed=5, augment_on_device=True)
+    for index in range(len(cpu)):
+        for epoch in (0, 3):
+            expected = cpu[(index, epoch)]["image"]
+            got, _ = device_images(dev, [(index, epoch)])
+            diff = np.abs(got[0] - expected) * np.asarray(STD, np.float32)[:, None, None] * 255  # grey levels
+            assert got[0].shape == expected.shape
+            # cv2 weights bilinear taps in 1/32 steps and rounds to uint8; the device samples in float.
+            # A pixel on the edge of a cut (the corners a rotation brings in) may fall either side.
+            assert np.mean(diff) < 0.6 and np.mean(diff > 3) < 0.01, (index, epoch, np.mean(diff), np.mean(diff > 3))
+
+
+def test_eval_resize_on_the_device(root):
+    transforms = [Resize(40), Normalize(MEAN, STD), ToCHW()]
+    cpu = RSNASeriesDataset(root, "train", transforms)
+    dev = RSNASeriesDataset(root, "train", [Resize(40), Normalize(MEAN, STD), ToCHW()], augment_on_device=True)
+    got, _ = device_images(dev, [0])
+    diff = np.abs(got[0] - cpu[0]["image"]) * np.asarray(STD, np.float32)[:, None, None] * 255
+    assert diff.max() < 1.5
+
+
+def test_padded_batch_equals_items_alone(root):
+    """Series of different lengths and crop sizes in one batch: each equals its own batch of one;
+    padded slices are zero."""
+    dev = RSNASeriesDataset(root, "train", paper(), seed=1, augment_on_device=True)
+    keys = [(0, 2), (1, 2), (2, 2)]
+    batched, mask = device_images(dev, keys)
+    for b, key in enumerate(keys):
+        alone, _ = device_images(dev, [key])
+        n = alone.shape[1]
+        np.testing.assert_allclose(batched[b, :n], alone[0], atol=1e-4)
+        assert mask[b, :n].all() and not mask[b, n:].any() and not batched[b, n:].any()
+
+
+def test_items_are_deterministic_uint8_and_cheap(root):
+    dev = RSNASeriesDataset(root, "train", paper(), seed=2, augment_on_device=True)
+    a, b = dev[(1, 4)], dev[(1, 4)]
+    assert a["image"].dtype == np.uint8 and a["image"].ndim == 4
+    for key in ("image", "inverse", "cuts"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert not np.array_equal(a["inverse"], dev[(1, 5)]["inverse"])  # another epoch, other draws
+
+
+def test_cpu_batches_pass_through_and_modes_do_not_mix(root):
+    cpu = RSNASeriesDataset(root, "train", paper(), seed=2)
+    dev = RSNASeriesDataset(root, "train", paper(), seed=2, augment_on_device=True)
+    batch = collate_series([cpu[0]])
+    assert to_model_input(batch) is batch
+    with pytest.raises(ValueError, match="mixes items"):
+        collate_series([cpu[0], dev[1]])
+
+
+def test_transforms_the_device_cannot_do_are_refused(root):
+    with pytest.raises(ValueError, match="augment_on_device.*Resize or RandomResizedCrop"):
+        RSNASeriesDataset(root, "train", [HorizontalFlip(), Normalize(), ToCHW()], augment_on_device=True)
