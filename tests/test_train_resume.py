@@ -57,6 +57,19 @@ def test_resume_reproduces_the_uninterrupted_losses_exactly(setup, full_run):
         np.testing.assert_array_equal(value.numpy(), paddle.load(str(save / "iter_6" / "model.pdparams"))[key].numpy())
 
 
+def test_resume_is_exact_with_augmentation_on_the_device(setup, full_run):
+    """augment_on_device: the warp runs in the step, from the draws the workers made; a resumed
+    run still repeats the uninterrupted one bit for bit, and learns what the CPU path learns."""
+    base, _, cfg = setup
+    device = ["-o", "train_dataset.augment_on_device=true", "-o", "val_dataset.augment_on_device=true"]
+    whole, parts = base / "D1", base / "D2"
+    assert run_train(cfg, whole, "--do_eval", *device) == 0
+    assert run_train(cfg, parts, "--iters", "3", *device) == 0
+    assert run_train(cfg, parts, "--resume_model", str(parts / "iter_3"), *device) == 0
+    assert history(whole).loss.tolist() == history(parts).loss.tolist()
+    np.testing.assert_allclose(history(whole).loss, history(full_run).loss, rtol=0.02)  # same draws, float vs uint8 rounding
+
+
 def test_worker_processes_do_not_change_the_run(setup, full_run):
     base, _, cfg = setup
     save = base / "W"
