@@ -65,6 +65,9 @@ class RSNASeriesDataset(paddle.io.Dataset):
                 self.transforms.device_split()
             except ValueError as err:
                 raise ValueError(f"{split} dataset: {err}") from None
+            if paddle.get_device() == "cpu":
+                logger.warning("%s dataset: augment_on_device on a CPU-only run warps ~10x slower than the CPU path "
+                               "(bench/loader_bench.py); set augment_on_device: false for CPU runs", split)
         if not os.path.isdir(dataset_root):
             raise FileNotFoundError(f"{dataset_root}: dataset root not found (run the prepare step first)")
         self._load_meta(meta_path(dataset_root, split))

@@ -86,14 +86,18 @@ def collate_device(items: list[dict[str, Any]], longest: int) -> dict[str, Any]:
     if any(tuple(item["out_hw"]) != out_hw or item["cuts"].shape[1] != cut_count for item in items):
         raise ValueError("collate_series: items of one batch were planned by different transforms")
     batch = len(items)
-    image = np.zeros((batch, longest, height, width, channels), np.uint8)
+    if batch == 1:  # the paper's one series per step: the item's canvas is the batch, no copy
+        image = items[0]["image"][None]
+    else:
+        image = np.zeros((batch, longest, height, width, channels), np.uint8)
     theta = np.zeros((batch, longest, 2, 3), np.float32)
     cuts = np.zeros((batch, longest, cut_count, 2, 3), np.float32)
     to_unit = pixel_to_unit((height, width))
     from_out = np.linalg.inv(pixel_to_unit(out_hw))
     for b, item in enumerate(items):
         n, h, w = item["image"].shape[:3]
-        image[b, :n, :h, :w] = item["image"]
+        if batch > 1:
+            image[b, :n, :h, :w] = item["image"]
         theta[b, :n] = (to_unit @ item["inverse"] @ from_out)[:, :2]
         cuts[b, :n] = item["cuts"]
     norm = np.stack([items[0]["mean"], items[0]["std"]]).astype(np.float32)
