@@ -4,11 +4,9 @@ interpolation rounding."""
 
 import os
 
-import cv2
 import numpy as np
 import pytest
 
-from engine_fixtures import make_prepared
 from medseg.data.cache import write_cache_file
 from medseg.data.collate import collate_series
 from medseg.data.dataset import RSNASeriesDataset

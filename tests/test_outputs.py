@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from medseg.constants import CLASS_WEIGHTS, LABELS
+from medseg.constants import CLASS_WEIGHTS, DEFAULT_WINDOWS, LABELS
+from medseg.data.cache import write_cache_file
 from medseg.data.meta import META_COLUMNS
 from medseg.outputs.ensemble import ensemble_files, normalise_weights
 from medseg.outputs.predictions import (
@@ -240,7 +241,12 @@ def report_inputs(tmp_path):
     meta_rows, truth, preds = [], [], []
     for s in range(4):
         series = f"ID_se{s}"
-        np.save(root / "cache" / f"{series}.npy", rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
+        volume = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+        cache = f"cache/{series}.{'npy' if s % 2 else 'hcc'}"  # both cache formats: the old one and head crops
+        if s % 2:
+            np.save(root / cache, volume)
+        else:
+            write_cache_file(str(root / cache), (32, 32), DEFAULT_WINDOWS, (((2, 30, 2, 30), v[2:30, 2:30], None) for v in volume))
         for k in range(6):
             sid = f"ID_{s:02x}{k:02x}f"
             y = (rng.random(6) < 0.15).astype(float)
@@ -248,7 +254,7 @@ def report_inputs(tmp_path):
             y[5] = y[:5].max()
             noise = 0.1 + 0.25 * s  # series 0 is predicted best, series 3 worst
             p = np.clip(np.abs(y - noise * rng.random(6)), 0, 1).round(4)
-            meta_rows.append([sid, series, f"ST{s}", f"P{s}", k, 5.0 * k, 5.0, *[np.nan] * 6, -1, 2, 30, 2, 30, f"cache/{series}.npy"])
+            meta_rows.append([sid, series, f"ST{s}", f"P{s}", k, 5.0 * k, 5.0, *[np.nan] * 6, -1, 2, 30, 2, 30, cache])
             truth.append((sid, y))
             preds.append((sid, series, p))
     # Rows in the prediction file are shuffled: the order must come from the dataset root.

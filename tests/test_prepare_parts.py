@@ -20,7 +20,6 @@ from medseg.data.series_volume import build_volume, process_series
 from medseg.data.windows import apply_windows, parse_windows, window_uint8
 from medseg.dicom.header import read_header
 from medseg.dicom.series import group_series
-from medseg.utils.atomic import atomic_save_npy_stream
 
 
 def test_label_table_pivot_duplicates_and_errors(tmp_path):
@@ -108,21 +107,6 @@ def test_crop_box_is_the_box_of_the_opening():
         tissue = ((rng.random((rows, cols)) < rng.uniform(0.05, 0.95)) * rng.integers(1, 256, (rows, cols))).astype(np.uint8)
         x, y, w, h = cv2.boundingRect(cv2.morphologyEx(tissue, cv2.MORPH_OPEN, kernel))
         assert crop_box(tissue) == ((y, y + h, x, x + w) if w else (0, rows, 0, cols))
-
-
-@pytest.mark.parametrize("expected, given", [(12, 12), (12, 9), (10, 9), (3, 5)])
-def test_streamed_npy_is_np_save_of_the_stack(tmp_path, expected, given):
-    items = [np.full((3, 4, 3), k, np.uint8) for k in range(given)]
-    path, reference = tmp_path / "streamed.npy", tmp_path / "reference.npy"
-    assert atomic_save_npy_stream(str(path), (expected, 3, 4, 3), np.uint8, iter(items)) == given
-    np.save(reference, np.stack(items))
-    assert path.read_bytes() == reference.read_bytes()
-    assert set(os.listdir(tmp_path)) == {"streamed.npy", "reference.npy"}  # no temporary left behind
-
-
-def test_no_items_no_file(tmp_path):
-    assert atomic_save_npy_stream(str(tmp_path / "empty.npy"), (4, 2, 2), np.uint8, iter([])) == 0
-    assert os.listdir(tmp_path) == []
 
 
 def test_slice_failing_after_the_scan_is_dropped_from_the_streamed_cache(tmp_path):

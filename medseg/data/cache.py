@@ -49,7 +49,7 @@ SUFFIX = ".hcc"
 LEGACY_SUFFIX = ".npy"
 FORMAT = "hcc1"
 MAGIC = b"MEDSEGHC"
-ZSTD_LEVEL = 3  # level 3 vs 9: same size within 1 % here, 4x faster to write
+ZSTD_LEVEL = 1  # chain codes: level 1 is as small as 3 or 9 here (within 2 %) and the fastest to write
 CHAIN, CHANNELS = "chain16", "hwc8"  # per-slice codings
 _TAIL = struct.Struct("<Q8s")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -128,6 +128,8 @@ class _SliceStream:
     def add(self, box: Box, image: np.ndarray, codes: np.ndarray | None = None) -> None:
         """One slice: its crop ``image`` (``[h, w, C]`` uint8) and, if known, its chain ``codes``
         (``[h, w]`` uint16, what the prepare step gathers straight from the stored words)."""
+        if image.ndim != 3 or image.shape[2] != len(self.windows) or image.dtype != np.uint8:
+            raise ValueError(f"{self.fh.name}: a slice must be uint8 [h, w, {len(self.windows)}], got {image.dtype} {list(image.shape)}")
         if codes is None and image.shape[-1] > 1:
             codes = chain_codes(image, self.windows)
         entry = {"box": [int(v) for v in box], "offset": self._offset, "coding": CHANNELS if codes is None else CHAIN}
@@ -155,13 +157,13 @@ class _SliceStream:
 
 
 def _median_tissue_code(codes: np.ndarray) -> int:
-    """Median of the nonzero codes minus 128 (0 for an empty slice), from a histogram."""
-    counts = np.bincount(codes.ravel())
-    counts[0] = 0
-    total = int(counts.sum())
-    if total == 0:
+    """About the median of the nonzero codes, minus 128 (0 for an empty slice): any value near
+    the tissue's codes serves, so every 4th row and column is enough."""
+    sample = codes[::4, ::4]
+    tissue = sample[sample > 0]
+    if tissue.size == 0:
         return 0
-    return max(int(np.searchsorted(np.cumsum(counts), total // 2)) - 128, 0)
+    return max(int(np.partition(tissue, tissue.size // 2)[tissue.size // 2]) - 128, 0)
 
 
 class _NothingWritten(Exception):

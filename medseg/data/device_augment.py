@@ -32,7 +32,7 @@ def _on_device(tensor: Any) -> paddle.Tensor:
     if not isinstance(tensor, paddle.Tensor):
         tensor = paddle.to_tensor(tensor)
     device = paddle.get_device()
-    if device != "cpu" and tensor.place.is_cpu_place():
+    if device.startswith("gpu") and not tensor.place.is_gpu_place():  # host or pinned memory
         tensor = tensor.to(device, blocking=False)
     return tensor
 

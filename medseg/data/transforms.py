@@ -339,12 +339,15 @@ class Compose:
                 for i, img in enumerate(out):  # Normalize draws nothing: no random state to consume
                     stage[0].apply_chw(img, out=result[i])
                 return result
-            if self.per_slice:
-                out = [self._apply(stage, img, [t.sample(rng) for t in stage]) for img in out]
-            else:
-                params = [t.sample(rng) for t in stage]
-                out = [self._apply(stage, img, params) for img in out]
+            out = self._apply_stage(stage, out, rng)
         return np.stack(out) if stack else out
+
+    def _apply_stage(self, stage: list[Transform], images: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+        """One stage over every slice: parameters drawn per slice, or once (``per_slice=False``)."""
+        if self.per_slice:
+            return [self._apply(stage, img, [t.sample(rng) for t in stage]) for img in images]
+        params = [t.sample(rng) for t in stage]
+        return [self._apply(stage, img, params) for img in images]
 
     def _apply(self, stage: list[Transform], image: np.ndarray, params: list[Any]) -> np.ndarray:
         if len(stage) == 1:
@@ -390,11 +393,7 @@ class Compose:
         before, run, normalize = self.device_split()
         out = list(slices)
         for stage in before:
-            if self.per_slice:
-                out = [self._apply(stage, img, [t.sample(rng) for t in stage]) for img in out]
-            else:
-                params = [t.sample(rng) for t in stage]
-                out = [self._apply(stage, img, params) for img in out]
+            out = self._apply_stage(stage, out, rng)
         shared = None if self.per_slice else [t.sample(rng) for t in run]
         inverse, cuts, out_hw = [], [], None
         for img in out:

@@ -9,15 +9,11 @@ and rebuilds anyway (the prepare cache).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import io
 import json
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 import numpy as np
@@ -56,67 +52,6 @@ def atomic_save_npy(path: str, array: np.ndarray) -> None:
     """``np.save`` atomically (uncompressed ``.npy``, so readers can memory-map it)."""
     with atomic_open(path, "wb") as fh:
         np.save(fh, array, allow_pickle=False)
-
-
-class _NothingWritten(Exception):
-    """Raised inside ``atomic_open`` to discard its temporary file."""
-
-
-def _writeback_starter() -> Callable[[int, int, int], None]:
-    """``start(fd, offset, length)``: have the kernel begin writing that range to disk now.
-
-    Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` (not in ``os``, hence ctypes): a large file
-    streamed this way is mostly on disk by the time its closing ``fsync`` runs, which then waits
-    ~1-7 ms instead of ~12-16 ms per 25 MB series (measured on this project's dev VM). Durability
-    still comes from that fsync; elsewhere this is a no-op.
-    """
-    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
-    function = getattr(ctypes.CDLL(name, use_errno=True), "sync_file_range", None) if name else None
-    if function is None:
-        return lambda fd, offset, length: None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return lambda fd, offset, length: function(fd, offset, length, 2)  # 2 = SYNC_FILE_RANGE_WRITE
-
-
-_start_writeback = _writeback_starter()
-
-
-def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    """The header ``np.save`` writes for a C-ordered array of this shape and dtype."""
-    out = io.BytesIO()
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(int(n) for n in shape)}
-    np.lib.format.write_array_header_1_0(out, header)
-    return out.getvalue()
-
-
-def atomic_save_npy_stream(path: str, shape: tuple[int, ...], dtype: np.dtype, items: Iterable[np.ndarray],
-                           durable: bool = True) -> int:
-    """``np.save`` of ``np.stack(items)`` atomically, byte for byte, without holding the stack:
-    each item (shape ``shape[1:]``) is written as it comes (and, when ``durable``, its write-back
-    started, so the closing fsync waits less). ``shape[0]`` is the expected count; the header is
-    rewritten if another count arrives. Returns the count; no file when it is 0."""
-    header = _npy_header(shape, dtype)
-    count = 0
-    start_writeback = _start_writeback if durable else None
-    # suppress wraps atomic_open: the empty temporary file is removed before the exception is dropped
-    with contextlib.suppress(_NothingWritten), atomic_open(path, "w+b", durable=durable) as fh:
-        fh.write(header)
-        for item in items:
-            data = np.ascontiguousarray(item, dtype=dtype).data
-            fh.write(data)  # a 512^2 slice exceeds the write buffer: it is in the kernel now
-            if start_writeback is not None:
-                start_writeback(fh.fileno(), len(header) + count * data.nbytes, data.nbytes)
-            count += 1
-        if count == 0:
-            raise _NothingWritten
-        if count != shape[0]:  # rare (a slice failed to decode): rewrite behind the right header
-            fh.seek(len(header))
-            written = fh.read()
-            fh.seek(0)
-            fh.truncate()
-            fh.write(_npy_header((count, *shape[1:]), dtype))
-            fh.write(written)
-    return count
 
 
 def atomic_write_csv(path: str, frame: Any, **kwargs: Any) -> None:
