@@ -8,12 +8,16 @@ still reads just the slices an item needs. Before zstd, a slice's three window c
 replaced by one 16-bit "chain" code: every window is a non-decreasing function of HU, so the
 triples a series can hold lie on one monotone path and the position on that path (``chain_table``)
 is lossless — it drops the redundancy between the windows that no general-purpose codec sees
-(0.7× the size of zstd on the channels themselves, measured). A slice the path does not cover
-(never with the standard formula; kept as a safety net) is stored as plain channels.
+(0.75× the size of zstd on the channels themselves, 0.73× the published npz: measured). A slice
+the path does not cover (never with the standard formula; kept as a safety net) is stored as
+plain channels.
 
 File layout (all little-endian): the chain table's raw bytes, then one zstd frame per slice,
 then a JSON footer (format, frame size, channels, per-slice box / offset / size / coding), then
 its length (uint64) and ``MAGIC``. A file cut short lacks the trailing magic and is rebuilt.
+The container is this small hand-written one because the crops of a series differ in size,
+which chunked array formats (blosc2, zarr: one chunk shape per array) do not hold, and zip/npz
+would tie the slices to zlib.
 
 The record is written after the data, both atomically, so a record whose file matches it marks a
 finished series; a rerun after ``kill -9`` skips exactly those. Both are fsynced only on request
@@ -211,11 +215,11 @@ class SeriesCache:
                 footer = json.loads(fh.read(footer_len))
                 fh.seek(0)
                 self.chain = _packed(np.frombuffer(fh.read(footer["chain_bytes"]), np.uint8).reshape(-1, footer["channels"]))
+        except CacheFormatError:
+            raise
         except OSError as err:
             raise CacheFormatError(f"{path}: unreadable cache file ({err})") from err
         except (ValueError, KeyError) as err:
-            if isinstance(err, CacheFormatError):
-                raise
             raise CacheFormatError(f"{path}: corrupt cache footer ({err})") from err
         if footer.get("format") != FORMAT:
             raise CacheFormatError(f"{path}: cache format {footer.get('format')!r}, expected {FORMAT!r}")

@@ -5,10 +5,12 @@ left of a zero canvas as large as the batch's largest crop) and, per slice, the 
 transforms drew (:meth:`medseg.data.transforms.Compose.device_plan`, the same draws from the same
 ``(seed, epoch, index)`` random state as the CPU path). Here one batched ``affine_grid`` +
 ``grid_sample`` does every slice's RandomResizedCrop / flips / rotation at once, then the cut
-masks and the normalisation: a GPU does this in well under a millisecond per series, where the
-CPU path costs 1-5 ms per slice per core. Bilinear sampling with zero padding and cv2's pixel
-convention, so the result equals the CPU path's within interpolation rounding (the CPU rounds the
-warped image to uint8 before normalising; this path does not).
+masks and the normalisation, a handful of batched ops on the GPU instead of a warp per slice on
+a CPU core (``bench/loader_bench.py``: the worker's share drops from ~0.7 to ~0.4 ms per slice).
+Bilinear sampling with zero padding and cv2's pixel convention, so the result equals the CPU
+path's within interpolation rounding (the CPU rounds the warped image to uint8 before
+normalising; this path does not). On a CPU-only machine Paddle's grid_sample is ~10x slower
+than cv2: CPU runs keep ``augment_on_device: false``.
 
 The batch comes from :func:`medseg.data.collate.collate_series`; a batch made on the CPU path
 passes through unchanged, so trainers and evaluators call :func:`to_model_input` on every batch.
