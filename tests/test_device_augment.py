@@ -117,3 +117,20 @@ def test_cpu_batches_pass_through_and_modes_do_not_mix(root):
 def test_transforms_the_device_cannot_do_are_refused(root):
     with pytest.raises(ValueError, match="augment_on_device.*Resize or RandomResizedCrop"):
         RSNASeriesDataset(root, "train", [HorizontalFlip(), Normalize(), ToCHW()], augment_on_device=True)
+
+
+def test_loader_workers_hand_over_the_same_batches(root):
+    """uint8 canvases and warps through DataLoader worker processes: the same batches as in-process."""
+    import paddle
+
+    from medseg.data.sampler import SeriesBatchSampler
+
+    dev = RSNASeriesDataset(root, "train", paper(), seed=3, augment_on_device=True)
+    images = {}
+    for workers in (0, 2):
+        sampler = SeriesBatchSampler(len(dev), 2, shuffle=True, seed=1)
+        loader = paddle.io.DataLoader(dev, batch_sampler=sampler, collate_fn=collate_series, num_workers=workers)
+        images[workers] = [to_model_input(batch)["image"].numpy() for batch in loader]
+    assert len(images[0]) == 2
+    for a, b in zip(images[0], images[2], strict=True):
+        np.testing.assert_array_equal(a, b)
