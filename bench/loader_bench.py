@@ -32,7 +32,6 @@ import os
 os.environ["OMP_NUM_THREADS"] = "1"  # one core per arm, Paddle included (before any import of it)
 
 import argparse  # noqa: E402
-import glob  # noqa: E402
 import math  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
@@ -47,11 +46,13 @@ sys.path.insert(0, ROOT)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from medseg.constants import DEFAULT_WINDOWS  # noqa: E402
 from medseg.data.collate import collate_series  # noqa: E402
 from medseg.data.dataset import RSNASeriesDataset  # noqa: E402
 from medseg.data.device_augment import to_model_input  # noqa: E402
+from medseg.data.meta import meta_files, meta_path, read_meta_file, write_meta  # noqa: E402
 from medseg.data.prepare import _plan_tasks, _scan_one, list_dicom_files, prepare  # noqa: E402
 from medseg.data.series_volume import build_volume  # noqa: E402
 from medseg.data.transforms import (HorizontalFlip, Normalize, RandomResizedCrop, RandomRotation,  # noqa: E402
@@ -186,12 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.join(args.work, "out")
     shutil.rmtree(out, ignore_errors=True)
     ours_root, npz, info = make_data(raw, out)
-    tag = "all"
-    from medseg.data.meta import META_SUFFIX  # noqa: E402  (all prepared rows in one table)
-    import pandas as pd
-
-    frames = [pd.read_csv(f, dtype={"slice_id": str, "series_id": str}) for f in sorted(glob.glob(os.path.join(ours_root, f"*{META_SUFFIX}")))]
-    pd.concat(frames).to_csv(os.path.join(ours_root, f"{tag}{META_SUFFIX}"), index=False)
+    tag = "all"  # every prepared series (train, val and test) in one table
+    write_meta(meta_path(ours_root, tag), pd.concat([read_meta_file(f) for f in meta_files(ours_root)]))
     cpu = RSNASeriesDataset(ours_root, tag, paper_transforms(), per_slice=True)
     dev = RSNASeriesDataset(ours_root, tag, paper_transforms(), per_slice=True, augment_on_device=True)
     by_id = {os.path.splitext(os.path.basename(f))[0]: f for f in npz}
