@@ -17,7 +17,11 @@ from medseg.constants import LABELS, SAMPLE_SUBMISSION_CSV, SUBTYPES, TEST_DIR, 
 from medseg.data.synthetic import (PIXEL_QUIRKS, WINDOW_MODES, generate_cohort, min_positive_pixels, plan_series,
                                    synthesize_series)
 from medseg.data.synthetic.__main__ import main as cli_main
+from medseg.data.synthetic.anatomy import build_head, draw_head_params
 from medseg.data.synthetic.dicom_writer import write_series
+from medseg.data.synthetic.lesions import _extra_axial, _intraparenchymal, _subarachnoid
+from medseg.data.synthetic.sites import SITES, SiteParams, parse_sites
+from medseg.dicom.pixels import read_hu
 
 SEED, N_SERIES, SIZE, SLICES = 11, 6, 64, 5
 SOP_RE = re.compile(r"^ID_[0-9a-f]{9}$")
@@ -225,3 +229,221 @@ def test_rerun_reuses_a_complete_cohort_and_never_clobbers_another(cohort):
     assert os.path.getmtime(os.path.join(out, TRAIN_CSV)) == mtime
     with pytest.raises(FileExistsError, match="--overwrite"):
         generate_cohort(out, N_SERIES, SEED + 5, size=SIZE, n_slices=SLICES)
+
+
+# --------------------------------------------------------------------------- scanner sites
+# Each factor is switched on alone over the neutral site path (every factor off) for the same
+# series; the difference must show in the pixels read back from the written DICOM files with the
+# project's reader. Factors draw from their own streams, so nothing else changes.
+
+SITE_SEED, SITE_SIZE = 5, 96
+QUIET = SiteParams(site="neutral", slices=30)  # noise-free: a factor's effect is the whole difference
+
+
+def site_series(tmp_path, params: SiteParams, index: int | None = None, size: int = SITE_SIZE):
+    """(truth, HU read back from the DICOM files in InstanceNumber order)."""
+    if index is None:
+        index = next(i for i in range(50) if not plan_series(SITE_SEED, i).subtypes)
+    series = synthesize_series(SITE_SEED, index, size, site_params=params)
+    folder = tmp_path / f"{params.site}_{abs(hash(params))}"
+    paths = write_series(series, str(folder))
+    hu = np.maximum(np.stack([read_hu(p) for p in paths]), -1000).astype(np.int16)  # padding → air
+    assert np.array_equal(hu, series.hu), "the reader decodes exactly what was written"
+    return series, hu
+
+
+def low_high(series) -> tuple[np.ndarray, np.ndarray]:
+    """Slice indices of the lowest and highest third of the head (by z)."""
+    order = np.argsort(series.positions)
+    third = len(order) // 3
+    return order[:third], order[-third:]
+
+
+def grad_energy(hu: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.diff(hu.astype(np.float32), axis=-1))))
+
+
+def test_site_option_parses_and_classic_is_the_old_generator(tmp_path):
+    assert parse_sites("all") == SITES and len(SITES) >= 5 and "classic" in SITES
+    assert parse_sites("smooth, sharp,smooth") == ("smooth", "sharp")
+    with pytest.raises(ValueError, match="unknown site"):
+        parse_sites("smooth,nowhere")
+    plans = [plan_series(3, i, sites=SITES) for i in range(60)]
+    assert {p.site for p in plans} == set(SITES)
+    old = synthesize_series(SEED, 2, SIZE, n_slices=SLICES)
+    assert np.array_equal(old.hu, synthesize_series(SEED, 2, SIZE, n_slices=SLICES, sites=("classic",)).hu)
+    looks = {site: synthesize_series(SEED, 2, SIZE, n_slices=SLICES, sites=(site,)) for site in SITES}
+    assert all(np.array_equal(s.hu, synthesize_series(SEED, 2, SIZE, n_slices=SLICES, sites=(site,)).hu)
+               for site, s in looks.items()), "deterministic per seed"
+    hus = [s.hu for s in looks.values()]
+    assert all(not np.array_equal(a, b) for k, a in enumerate(hus) for b in hus[k + 1:]), "every site looks different"
+
+
+def test_cohort_spreads_series_over_the_chosen_sites(tmp_path):
+    summary = cli_main(["--out", str(tmp_path / "c"), "--series", "8", "--seed", "2", "--size", "48",
+                        "--n_slices", "3", "--sites", "sharp,legacy"])
+    assert set(summary["sites"]) == {"sharp", "legacy"} and sum(summary["sites"].values()) == 8
+    ds = read_strict(next(str(p) for p in (tmp_path / "c" / TRAIN_DIR).iterdir()))
+    assert 2.0 <= float(ds.SliceThickness) <= 7.0
+
+
+def test_noise_level(tmp_path):
+    series, off = site_series(tmp_path, QUIET)
+    _, low = site_series(tmp_path, SiteParams(site="n4", slices=30, noise_sd=4.0))
+    _, high = site_series(tmp_path, SiteParams(site="n12", slices=30, noise_sd=12.0))
+    inside = np.broadcast_to(series.fov, off.shape) & (off > -500) & (off < 1000)
+    sd_low, sd_high = (float((x - off)[inside].std()) for x in (low, high))
+    scale = float(np.clip(0.5 / series.pixel_mm, 0.35, 1.0))
+    assert sd_low == pytest.approx(4.0 * scale, rel=0.25) and sd_high == pytest.approx(12.0 * scale, rel=0.25)
+
+
+def test_noise_grain_follows_the_kernel(tmp_path):
+    _, off = site_series(tmp_path, QUIET)
+    corr = {}
+    for name, params in {"fine": SiteParams(site="white", slices=30, noise_sd=10.0),
+                         "coarse": SiteParams(site="coarse", slices=30, noise_sd=10.0, grain_mm=3.0),
+                         "sharp": SiteParams(site="sharpn", slices=30, noise_sd=10.0, sharpen=1.0)}.items():
+        _, on = site_series(tmp_path, params)
+        noise = (on - off).astype(np.float64)[:, 20:-20, 20:-20]
+        corr[name] = float(np.corrcoef(noise[..., 1:].ravel(), noise[..., :-1].ravel())[0, 1])
+    assert abs(corr["fine"]) < 0.1 and corr["coarse"] > 0.5 and corr["sharp"] < -0.05, corr
+
+
+def test_reconstruction_kernel_smooth_and_sharp(tmp_path):
+    _, off = site_series(tmp_path, QUIET)
+    _, smooth = site_series(tmp_path, SiteParams(site="smooth_k", slices=30, kernel_mm=1.5))
+    _, sharp = site_series(tmp_path, SiteParams(site="sharp_k", slices=30, sharpen=1.0))
+    assert grad_energy(smooth) < 0.8 * grad_energy(off) < 0.8 * grad_energy(sharp)
+
+
+def test_slice_thickness_partial_volume(tmp_path):
+    index = next(i for i in range(200) if plan_series(SITE_SEED, i).subtypes
+                 and set(plan_series(SITE_SEED, i).subtypes) <= {"intraparenchymal", "intraventricular"})
+    series, off = site_series(tmp_path, QUIET, index=index)
+    _, thick = site_series(tmp_path, SiteParams(site="thick", slices=30, thickness_mm=2 * series.plan.spacing_mm),
+                           index=index)
+    along_z = lambda v: float(np.mean(np.abs(np.diff(v.astype(np.float32), axis=0))))  # noqa: E731
+    assert along_z(thick) < 0.85 * along_z(off)
+    blood = np.zeros(off.shape, bool)
+    for mask in series.lesion_masks.values():
+        blood |= mask
+    # Blood at the top or bottom of a bleed (a z neighbour is brain, neither neighbour is bone).
+    order = np.argsort(series.positions)
+    below, above = order[:-2], order[2:]
+    edge = np.zeros(off.shape, bool)
+    edge[order[1:-1]] = (off[below] < 100) & (off[above] < 100) & ~(blood[below] & blood[above])
+    blood &= edge
+    assert blood.sum() > 20 and thick[blood].mean() < off[blood].mean() - 5, "bleeds lose contrast in thick slices"
+
+
+def test_falx(tmp_path):
+    series, off = site_series(tmp_path, QUIET)
+    _, on = site_series(tmp_path, SiteParams(site="falx", slices=30, falx_hu=80.0))
+    changed = (on - off) > 10
+    low, high = low_high(series)
+    per_slice = changed.sum(axis=(1, 2))
+    assert per_slice[high].sum() > 40 and per_slice[low].sum() < per_slice[high].sum() / 4
+    assert per_slice.max() < 3 * SITE_SIZE, "a thin sheet: about one line per slice"
+    assert (on - off)[changed].mean() > 15
+
+
+def test_tentorium(tmp_path):
+    series, off = site_series(tmp_path, QUIET)
+    _, on = site_series(tmp_path, SiteParams(site="tent", slices=30, tentorium_hu=70.0))
+    changed = (np.abs(on - off) > 10).sum(axis=(1, 2))
+    low, high = low_high(series)
+    assert changed.sum() > 20 and changed[high].sum() == 0, "a tent over the posterior fossa only"
+
+
+@pytest.mark.parametrize("factor", ["pineal_hu", "plexus_hu"])
+def test_calcifications(tmp_path, factor):
+    series, off = site_series(tmp_path, QUIET)
+    _, on = site_series(tmp_path, SiteParams(site=factor, slices=30, **{factor: 300.0}))
+    bright = (on - off) > 60
+    assert 0 < bright.sum() < 400 and on[bright].max() > 150
+    assert not bright[low_high(series)[0]].any() and not bright[low_high(series)[1]].any(), "deep, mid-scan structures"
+
+
+def test_dural_plaques(tmp_path):
+    _, off = site_series(tmp_path, QUIET)
+    _, on = site_series(tmp_path, SiteParams(site="dura", slices=30, dural_plaques=3))
+    bright = (on - off) > 100
+    assert 0 < bright.sum() < 2000 and on[bright].min() > 150
+
+
+def test_skull_base_mastoid_air(tmp_path):
+    series, off = site_series(tmp_path, QUIET)
+    _, on = site_series(tmp_path, SiteParams(site="mastoid", slices=30, mastoid=True))
+    air = (on < -500) & (off > -500)
+    low, high = low_high(series)
+    assert air[low].sum() > 5 and not air[high].any()
+    assert ((on > 700) & (off < 700))[low].sum() > 5, "dense petrous bone around the air cells"
+
+
+def test_beam_hardening_streaks_near_bone(tmp_path):
+    series, off = site_series(tmp_path, QUIET)
+    _, on = site_series(tmp_path, SiteParams(site="streak", slices=30, streak_hu=60.0))
+    dark = (on - off) < -10
+    low, high = low_high(series)
+    assert dark[low].sum() > 20 and dark[low].sum() > 5 * dark[high].sum()
+    assert (on - off).max() <= 0, "beam hardening darkens"
+
+
+def test_motion_blurs_a_run_of_slices(tmp_path):
+    _, off = site_series(tmp_path, QUIET)
+    _, on = site_series(tmp_path, SiteParams(site="motion", slices=30, motion_px=4.0))
+    moved = np.flatnonzero(np.any(on != off, axis=(1, 2)))
+    assert 0 < len(moved) < len(on) and np.all(np.diff(moved) == 1), "one contiguous run"
+    assert grad_energy(on[moved]) < 0.9 * grad_energy(off[moved])
+
+
+def test_head_size_shape_and_position(tmp_path):
+    def head_stats(hu):
+        mid = (hu[len(hu) // 2] > -50) & (hu[len(hu) // 2] < 100)  # soft tissue: not the headrest
+        rows, cols = np.nonzero(mid)
+        return mid.sum(), rows.mean(), cols.mean(), np.ptp(rows) / max(np.ptp(cols), 1)
+
+    base = head_stats(site_series(tmp_path, SiteParams(site="h0", slices=30, head_shift=(0.0, 0.0)))[1])
+    small = head_stats(site_series(tmp_path, SiteParams(site="h1", slices=30, head_shift=(0.0, 0.0), head_scale=0.8))[1])
+    long = head_stats(site_series(tmp_path, SiteParams(site="h2", slices=30, head_shift=(0.0, 0.0), head_aspect=1.2))[1])
+    moved = head_stats(site_series(tmp_path, SiteParams(site="h3", slices=30, fov_mm=330.0, head_shift=(0.9, -0.9)))[1])
+    assert small[0] < 0.75 * base[0]
+    assert long[3] > base[3] * 1.08
+    assert moved[2] > SITE_SIZE / 2 + 5 and moved[1] < SITE_SIZE / 2 - 5
+
+
+def test_field_of_view_and_matrix(tmp_path):
+    series, off = site_series(tmp_path, SiteParams(site="f0", slices=30, fov_mm=230.0, head_shift=(0.0, 0.0)))
+    wide, hu_wide = site_series(tmp_path, SiteParams(site="f1", slices=30, fov_mm=330.0, head_shift=(0.0, 0.0)))
+    ds = read_strict(write_series(wide, str(tmp_path / "fov"))[0])
+    assert float(ds.PixelSpacing[0]) == pytest.approx(330.0 / SITE_SIZE, abs=1e-4)
+    area = lambda hu: (hu[len(hu) // 2] > -500).sum()  # noqa: E731
+    assert area(hu_wide) == pytest.approx(area(off) * (230.0 / 330.0) ** 2, rel=0.15)
+    _, coarse = site_series(tmp_path, SiteParams(site="f2", slices=30, fov_mm=230.0, head_shift=(0.0, 0.0), matrix=0.5))
+    assert coarse.shape == off.shape and grad_energy(coarse) < 0.85 * grad_energy(off)
+
+
+def test_scanner_hu_offset(tmp_path):
+    series, off = site_series(tmp_path, QUIET)
+    _, on = site_series(tmp_path, SiteParams(site="offset", slices=30, hu_offset=7.0))
+    tissue = (off > -100) & (off < 200)
+    assert np.median((on - off)[tissue]) == 7
+
+
+def test_hard_lesions_are_thin_focal_isodense_and_next_to_bone():
+    rng = np.random.default_rng(0)
+    positions = np.linspace(-60.0, 90.0, 30)
+    head = build_head(draw_head_params(rng, 250.0, -60.0, 90.0), rng, 128, 250.0 / 128, positions)
+    thin = [head.inner[_extra_axial(head, np.random.default_rng(k), False, thin=True)] for k in range(5)]
+    thick = [head.inner[_extra_axial(head, np.random.default_rng(k), False)] for k in range(5)]
+    assert max(t.max() for t in thin if t.size) <= 3.0 < max(t.max() for t in thick if t.size)
+    focal = np.mean([_subarachnoid(head, np.random.default_rng(k), focal=True).sum() for k in range(5)])
+    broad = np.mean([_subarachnoid(head, np.random.default_rng(k)).sum() for k in range(5)])
+    assert 0 < focal < broad / 3
+    field = np.zeros(head.inner.shape, np.float32)
+    contusion = [head.inner[_intraparenchymal(head, np.random.default_rng(k), field, contusion=True)[0]] for k in range(5)]
+    assert min(float(np.median(c)) for c in contusion if c.size) < 8.0
+    # isodense subacute subdurals appear among the hard series, labelled, a few HU over brain
+    contrasts = [synthesize_series(1, i, 48, n_slices=6, site_params=SiteParams(site="hard", hard_lesions=True))
+                 .contrast.get("subdural") for i in range(80) if "subdural" in plan_series(1, i).subtypes]
+    assert any(c is not None and c < 10 for c in contrasts) and any(c is not None and c > 50 for c in contrasts)

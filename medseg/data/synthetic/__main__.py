@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medseg.data.synthetic.cohort import format_summary, generate_cohort
+from medseg.data.synthetic.sites import SITES
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -18,9 +19,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (one series each)")
     parser.add_argument("--n_slices", type=int, default=None, help="fix every series' length (tests)")
     parser.add_argument("--overwrite", action="store_true", help="replace another cohort found in --out")
+    parser.add_argument("--sites", default="classic",
+                        help="scanner sites the series are spread over: 'all' or a comma list of "
+                             f"{', '.join(SITES)} (default classic: the cohort as before sites existed)")
     args = parser.parse_args(argv)
     summary = generate_cohort(args.out, args.series, args.seed, size=args.size, test_fraction=args.test_fraction,
-                              workers=args.workers, n_slices=args.n_slices, overwrite=args.overwrite)
+                              workers=args.workers, n_slices=args.n_slices, overwrite=args.overwrite,
+                              sites=args.sites)
     print(format_summary(summary))
     return summary
 

@@ -22,6 +22,7 @@ from medseg.constants import LABELS, SAMPLE_SUBMISSION_CSV, TEST_DIR, TEST_TRUTH
 from medseg.data.synthetic import ids
 from medseg.data.synthetic.dicom_writer import write_series
 from medseg.data.synthetic.series import synthesize_series
+from medseg.data.synthetic.sites import CLASSIC, parse_sites
 from medseg.utils.atomic import atomic_open, atomic_write_json
 from medseg.utils.logger import get_logger
 
@@ -47,13 +48,13 @@ def _split_patients(seed: int, patients: np.ndarray, test_fraction: float) -> se
 
 def _make_series(task: tuple) -> dict:
     """Worker: synthesise one series, write its files, return what the CSVs and summary need."""
-    seed, index, size, n_slices, folder, truncate_at = task
-    series = synthesize_series(seed, index, size, n_slices=n_slices)
+    seed, index, size, n_slices, folder, truncate_at, sites = task
+    series = synthesize_series(seed, index, size, n_slices=n_slices, sites=sites)
     truncate = None if truncate_at is None else min(int(truncate_at * len(series.sop_ids)), len(series.sop_ids) - 1)
     write_series(series, folder, truncate_slice=truncate)
     return {
         "index": index, "sop_ids": series.sop_ids, "labels": series.labels.tolist(),
-        "quirk": series.quirk, "window_mode": series.window_mode, "ascending": series.ascending,
+        "quirk": series.quirk, "window_mode": series.window_mode, "ascending": series.ascending, "site": series.site,
         "patient_id": series.patient_id, "study_id": series.study_id,
         "truncated": None if truncate is None else series.sop_ids[truncate],
     }
@@ -118,12 +119,15 @@ def _prepare_out_dir(out_dir: str, params: dict, overwrite: bool) -> dict | None
 
 
 def generate_cohort(out_dir: str, n_series: int, seed: int, size: int = 512, test_fraction: float = 0.2,
-                    workers: int = 1, n_slices: int | None = None, overwrite: bool = False) -> dict:
+                    workers: int = 1, n_slices: int | None = None, overwrite: bool = False,
+                    sites: str | tuple[str, ...] = CLASSIC) -> dict:
     """Write the Kaggle layout under ``out_dir`` and return the summary (see ``format_summary``).
 
     ``n_slices`` fixes the length of every series (tests); ``overwrite`` replaces the DICOM files
-    and CSVs of a different cohort found in ``out_dir``.
+    and CSVs of a different cohort found in ``out_dir``; ``sites`` (``"all"``, ``"smooth,sharp"``
+    …) are the scanner sites the series are spread over (``sites`` module).
     """
+    sites = parse_sites(sites)
     if n_series < 2:
         raise ValueError(f"n_series must be at least 2 (one train and one test series), got {n_series}")
     if not 0.0 <= test_fraction < 1.0:
@@ -133,6 +137,8 @@ def generate_cohort(out_dir: str, n_series: int, seed: int, size: int = 512, tes
     start = time.perf_counter()
     params = {"version": GENERATOR_VERSION, "seed": seed, "n_series": n_series, "size": size,
               "test_fraction": test_fraction, "n_slices": n_slices}
+    if sites != (CLASSIC,):  # a classic cohort keeps the manifest it had before sites existed
+        params["sites"] = list(sites)
     saved = _prepare_out_dir(out_dir, params, overwrite)
     if saved is not None:
         logger.info("%s already holds this cohort (%s); reusing it", out_dir, MANIFEST)
@@ -147,7 +153,7 @@ def generate_cohort(out_dir: str, n_series: int, seed: int, size: int = 512, tes
     for folder in (TRAIN_DIR, TEST_DIR):
         os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
     tasks = [(seed, i, size, n_slices, os.path.join(out_dir, TEST_DIR if i in test_series else TRAIN_DIR),
-              truncate_at if i == truncated_series else None) for i in range(n_series)]
+              truncate_at if i == truncated_series else None, sites) for i in range(n_series)]
 
     bar = dict(total=n_series, desc="synthetic series", unit="series")
     if workers == 1:
@@ -162,6 +168,7 @@ def generate_cohort(out_dir: str, n_series: int, seed: int, size: int = 512, tes
         "seed": seed, "size": size, "n_series": n_series, "test_fraction": test_fraction,
         "splits": {"train": _split_summary([r for r in records if r["index"] not in test_series]),
                    "test": _split_summary([r for r in records if r["index"] in test_series])},
+        "sites": {name: sum(r["site"] == name for r in records) for name in sites},
         "quirks": dict(sorted(Counter(r["quirk"] for r in records).items())),
         "window_modes": dict(sorted(Counter(r["window_mode"] for r in records).items())),
         "z_order": {"ascending": sum(r["ascending"] for r in records),
@@ -182,6 +189,7 @@ def format_summary(summary: dict) -> str:
     for split, s in summary["splits"].items():
         lines.append(f"{split:<6}{s['patients']:>9}{s['studies']:>9}{s['series']:>8}{s['slices']:>8}  "
                      + "  ".join(f"{s['prevalence'][name]:>8.3f}" for name in LABELS))
+    lines.append("sites: " + ", ".join(f"{k} {v}" for k, v in summary.get("sites", {CLASSIC: summary["n_series"]}).items()))
     lines.append("pixel quirks: " + ", ".join(f"{k} {v}" for k, v in summary["quirks"].items()))
     lines.append("window tags: " + ", ".join(f"{k} {v}" for k, v in summary["window_modes"].items()))
     lines.append("z order: " + ", ".join(f"{k} {v}" for k, v in summary["z_order"].items()))

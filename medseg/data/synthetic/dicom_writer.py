@@ -37,7 +37,9 @@ def _series_header(series: SyntheticSeries, pixel_tags: dict) -> dict:
         "Rows": series.size,
         "Columns": series.size,
         "PixelSpacing": [series.pixel_mm, series.pixel_mm],
-        "SliceThickness": plan.spacing_mm,
+        # The site's slice sensitivity width where it has one; else the spacing (classic).
+        "SliceThickness": round(plan.site_params.thickness_mm, 3) if plan.site_params and plan.site_params.thickness_mm
+        else plan.spacing_mm,
     }
     header.update(plan.window)
     header.update(pixel_tags)

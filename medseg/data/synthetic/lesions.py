@@ -11,6 +11,10 @@
 Acute blood is +60 to +90 HU; about one lesion in five is subtle (+15 to +25 HU over brain).
 On the first and last labelled slice of a lesion the contrast drops to 30-55 % (partial volume),
 so those slices are ambiguous alone but clear next to their neighbours.
+
+``hard=True`` (the site presets other than ``classic``) adds the bleeds readers miss: 2-3 mm
+convexity subdurals, isodense subacute subdurals (+2 to +8 HU over brain), a little subarachnoid
+blood in one or two sulci, small cortical contusions against the skull base and thinner epidurals.
 """
 
 from __future__ import annotations
@@ -51,23 +55,29 @@ def _angular_q(head: Head, direction: np.ndarray, half_angle: float) -> np.ndarr
     return (1.0 - cos) / (1.0 - math.cos(half_angle))
 
 
-def _extra_axial(head: Head, rng: np.random.Generator, epidural: bool) -> np.ndarray:
-    if epidural:  # lens: short arc, up to 8-17 mm thick, thickness falls like 1 - q
+def _extra_axial(head: Head, rng: np.random.Generator, epidural: bool, thin: bool = False) -> np.ndarray:
+    if epidural:  # lens: short arc, up to 8-17 mm thick (5-9 when thin), thickness falls like 1 - q
         direction = _unit(rng, (-0.5, 0.5), (-0.05, 0.55))
         q = _angular_q(head, direction, rng.uniform(0.24, 0.36))
-        thickness = rng.uniform(8.0, 17.0) * (1.0 - q)
-    else:  # crescent: long arc, 4-10 mm thick, flat profile
+        thickness = rng.uniform(*((5.0, 9.0) if thin else (8.0, 17.0))) * (1.0 - q)
+    else:  # crescent: long arc, 4-10 mm thick (2-3 mm when thin), flat profile
         direction = _unit(rng, (-0.9, 0.9), (0.0, 0.65))
         q = _angular_q(head, direction, rng.uniform(0.4, 0.7))
-        thickness = rng.uniform(4.0, 10.0) * np.power(np.clip(1.0 - q, 0.0, 1.0), 0.35)
+        thickness = rng.uniform(*((2.0, 3.0) if thin else (4.0, 10.0))) * np.power(np.clip(1.0 - q, 0.0, 1.0), 0.35)
     return head.cavity & (q < 1.0) & (head.inner < thickness)
 
 
-def _intraparenchymal(head: Head, rng: np.random.Generator, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _intraparenchymal(head: Head, rng: np.random.Generator, field: np.ndarray,
+                      contusion: bool = False) -> tuple[np.ndarray, np.ndarray]:
     p = head.params
-    centre = (rng.uniform(0.12, 0.5) * p.a * rng.choice([-1, 1]), rng.uniform(-0.5, 0.5) * p.b,
-              rng.uniform(-0.1, 0.5) * p.c)
-    radius = rng.uniform(7.0, 18.0)
+    if contusion:  # small, against the floor of the anterior or middle cranial fossa
+        centre = (rng.uniform(0.2, 0.6) * p.a * rng.choice([-1, 1]), rng.uniform(-0.75, -0.35) * p.b,
+                  rng.uniform(-0.3, -0.12) * p.c)
+        radius = rng.uniform(4.0, 8.0)
+    else:
+        centre = (rng.uniform(0.12, 0.5) * p.a * rng.choice([-1, 1]), rng.uniform(-0.5, 0.5) * p.b,
+                  rng.uniform(-0.1, 0.5) * p.c)
+        radius = rng.uniform(7.0, 18.0)
     dist = np.sqrt((head.X - centre[0]) ** 2 + (head.Y - centre[1]) ** 2 + ((head.Z - centre[2]) * 0.8) ** 2)
     shape = dist / radius + 0.22 * field
     blob = (shape < 1.0) & head.cavity & ~head.ventricles
@@ -86,13 +96,14 @@ def _intraventricular(head: Head, rng: np.random.Generator) -> np.ndarray:
     return region
 
 
-def _subarachnoid(head: Head, rng: np.random.Generator) -> np.ndarray:
+def _subarachnoid(head: Head, rng: np.random.Generator, focal: bool = False) -> np.ndarray:
     p = head.params
-    if rng.random() < 0.5:  # convexity: widened sulci near a surface point
+    if focal or rng.random() < 0.5:  # convexity: widened sulci near a surface point (one or two when focal)
         direction = _unit(rng, (-0.9, 0.9), (0.0, 0.6))
-        q = _angular_q(head, direction, rng.uniform(0.3, 0.55))
+        q = _angular_q(head, direction, rng.uniform(*((0.12, 0.2) if focal else (0.3, 0.55))))
         depth = head.inner - p.csf_mm
-        return head.cavity & (q < 1.0) & (depth < p.sulcal_depth) & (np.abs(head.sulcal_field) < 0.42 * (1.0 - 0.5 * depth / p.sulcal_depth))
+        band = (0.25 if focal else 0.42) * (1.0 - 0.5 * depth / p.sulcal_depth)
+        return head.cavity & (q < 1.0) & (depth < p.sulcal_depth) & (np.abs(head.sulcal_field) < band)
     # basal: cisterns, Sylvian fissures and the nearby sulci over a limited height
     low, high = rng.uniform(-0.45, -0.3) * p.c, rng.uniform(-0.15, 0.1) * p.c
     return (head.cisterns | head.sulci) & (head.Z > low) & (head.Z < high)
@@ -108,8 +119,9 @@ def _fade(mask: np.ndarray, min_pixels: int, rng: np.random.Generator) -> np.nda
     return factor
 
 
-def add_lesions(head: Head, subtypes: tuple[str, ...], rng: np.random.Generator, min_pixels: int) -> list[Lesion]:
-    """Paint one lesion per subtype into ``head.hu`` (in place).
+def add_lesions(head: Head, subtypes: tuple[str, ...], rng: np.random.Generator, min_pixels: int,
+                hard: bool = False) -> list[Lesion]:
+    """Paint one lesion per subtype into ``head.hu`` (in place); ``hard`` adds the hard variants.
 
     A placement is redrawn (up to a few times) until it labels at least two slices (one in very
     short test series); labels always follow the final masks, so a rare miss is still truthful.
@@ -124,21 +136,25 @@ def add_lesions(head: Head, subtypes: tuple[str, ...], rng: np.random.Generator,
     lesions: list[Lesion] = []
     for subtype in subtypes:
         rim = None
+        # Hard variant of this lesion (drawn only when hard, so the classic stream is unchanged).
+        variant = float(rng.random()) if hard else 1.0
         for _ in range(_MAX_TRIES):
             if subtype in ("epidural", "subdural"):
-                mask = _extra_axial(head, rng, subtype == "epidural")
+                mask = _extra_axial(head, rng, subtype == "epidural", thin=variant < (0.5 if subtype == "epidural" else 0.35))
             elif subtype == "intraparenchymal":
-                mask, rim = _intraparenchymal(head, rng, blob_field)
+                mask, rim = _intraparenchymal(head, rng, blob_field, contusion=variant < 0.35)
             elif subtype == "intraventricular":
                 mask = _intraventricular(head, rng)
             elif subtype == "subarachnoid":
-                mask = _subarachnoid(head, rng)
+                mask = _subarachnoid(head, rng, focal=variant < 0.45)
             else:
                 raise ValueError(f"unknown hemorrhage subtype {subtype!r}; expected one of {SUBTYPES}")
             if int(np.count_nonzero(mask.sum(axis=(1, 2)) >= min_pixels)) >= want:
                 break
         subtle = bool(rng.random() < SUBTLE_FRACTION)
         contrast = float(rng.uniform(15.0, 25.0) if subtle else rng.uniform(60.0, 90.0))
+        if hard and subtype == "subdural" and 0.35 <= variant < 0.6:  # isodense subacute subdural
+            subtle, contrast = True, float(rng.uniform(2.0, 8.0))
         target = np.float32(brain_level + contrast) if subtle else np.float32(contrast)
         fade = _fade(mask, min_pixels, rng)[:, None, None]
         texture = rng.normal(0.0, 2.0, size=1)[0] * blob_field

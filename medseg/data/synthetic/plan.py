@@ -14,6 +14,7 @@ import numpy as np
 from medseg.constants import SUBTYPES
 from medseg.data.synthetic import ids
 from medseg.data.synthetic.quirks import PIXEL_QUIRK_P, PIXEL_QUIRKS, WINDOW_MODE_P, WINDOW_MODES, window_tags
+from medseg.data.synthetic.sites import CLASSIC, SiteParams, choose_site, draw_site_params
 
 BLEED_FRACTION = 0.4
 # How often each subtype is picked for a bleeding series (epidural is rare, as in RSNA).
@@ -41,12 +42,22 @@ class SeriesPlan:
     patient_id: str
     study_id: str
     series_id: str
+    site: str = CLASSIC
+    site_params: SiteParams | None = field(default=None, repr=False)  # None: the classic look
 
 
-def plan_series(seed: int, series_index: int, n_slices: int | None = None) -> SeriesPlan:
-    """The plan of series ``series_index``; ``n_slices`` overrides the drawn length (for tests)."""
+def plan_series(seed: int, series_index: int, n_slices: int | None = None, sites: tuple[str, ...] = (CLASSIC,),
+                site_params: SiteParams | None = None) -> SeriesPlan:
+    """The plan of series ``series_index``; ``n_slices`` overrides the drawn length (for tests).
+
+    The series' site is drawn among ``sites``; ``site_params`` replaces that draw (tests).
+    """
     rng = np.random.default_rng([seed, 0, series_index])
     drawn = int(rng.integers(61, 81)) if rng.random() < LONG_SERIES_FRACTION else int(rng.integers(20, 61))
+    if site_params is None:
+        site_params = draw_site_params(seed, series_index, choose_site(seed, series_index, tuple(sites)))
+    if site_params is not None and site_params.slices is not None:
+        drawn = site_params.slices
     length = drawn if n_slices is None else int(n_slices)
     if not 2 <= length <= ids.SLICES_PER_SERIES_SLOT:
         raise ValueError(f"n_slices must be in [2, {ids.SLICES_PER_SERIES_SLOT}], got {length}")
@@ -55,6 +66,8 @@ def plan_series(seed: int, series_index: int, n_slices: int | None = None) -> Se
     ascending = bool(rng.random() < 0.5)
     z_start = round(float(rng.uniform(-80.0, 120.0)), 3)
     fov = float(rng.uniform(225.0, 290.0))
+    if site_params is not None and site_params.fov_mm is not None:
+        fov = site_params.fov_mm
     offset = (round(float(rng.uniform(-8, 8)), 3), round(float(rng.uniform(-30, 30)), 3))
     quirk = str(rng.choice(PIXEL_QUIRKS, p=PIXEL_QUIRK_P))
     window_mode = str(rng.choice(WINDOW_MODES, p=WINDOW_MODE_P))
@@ -72,4 +85,5 @@ def plan_series(seed: int, series_index: int, n_slices: int | None = None) -> Se
         pixel_quirk=quirk, window_mode=window_mode, window=window, subtypes=subtypes,
         patient_index=patient, patient_id=ids.patient_id(seed, patient),
         study_id=ids.study_id(seed, series_index), series_id=ids.series_id(seed, series_index),
+        site=CLASSIC if site_params is None else site_params.site, site_params=site_params,
     )

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
 from medseg.constants import LABELS, SUBTYPES
 from medseg.data.synthetic import ids
-from medseg.data.synthetic.anatomy import AIR_HU, build_head, draw_head_params
+from medseg.data.synthetic.anatomy import AIR_HU, HeadParams, build_head, draw_head_params
 from medseg.data.synthetic.lesions import add_lesions
+from medseg.data.synthetic.mimics import add_mimics
 from medseg.data.synthetic.plan import SeriesPlan, plan_series
 from medseg.data.synthetic.quirks import HU_MAX, HU_MIN
+from medseg.data.synthetic.scanner import acquire_site
+from medseg.data.synthetic.sites import CLASSIC, SiteParams
 
 # Label rule: a slice is positive for a subtype when that subtype's lesion mask covers at least
 # min_positive_pixels(size) pixels on it: 48 at 512 px, scaled with the pixel area (about 12 mm²
@@ -41,6 +44,7 @@ class SyntheticSeries:
     fov: np.ndarray                        # bool [H, W]
     min_pixels: int
     subtle: dict[str, bool] = field(default_factory=dict)  # subtype → lesion is subtle
+    contrast: dict[str, float] = field(default_factory=dict)  # subtype → HU over brain (subtle) or blood HU
 
     @property
     def seed(self) -> int:
@@ -74,6 +78,10 @@ class SyntheticSeries:
     def ascending(self) -> bool:
         return self.plan.ascending
 
+    @property
+    def site(self) -> str:
+        return self.plan.site
+
 
 def slice_positions(plan: SeriesPlan) -> np.ndarray:
     """z of each slice in InstanceNumber order, rounded as written to ImagePositionPatient."""
@@ -96,19 +104,41 @@ def _acquire(hu: np.ndarray, fov: np.ndarray, pixel_mm: float, blur_mm: float, n
     return np.rint(hu).astype(np.int16)
 
 
-def synthesize_series(seed: int, series_index: int, size: int = 512, n_slices: int | None = None) -> SyntheticSeries:
-    """Pure function of its arguments: the same call always returns the same series."""
+def _site_head(params: HeadParams, site: SiteParams, fov_mm: float, z_low: float) -> HeadParams:
+    """The site's head size, shape, position and how much skull base the scan range holds."""
+    a, b = params.a * site.head_scale, params.b * site.head_scale * site.head_aspect
+    room = max(fov_mm / 2.0 - b - 10.0, 0.0)
+    cx, cy = (params.cx, params.cy) if site.head_shift is None else (site.head_shift[0] * room, site.head_shift[1] * room)
+    cz = params.cz if site.base_depth is None else z_low + site.base_depth * params.c
+    return replace(params, a=float(a), b=float(b), cx=float(cx), cy=float(cy), cz=float(cz))
+
+
+def synthesize_series(seed: int, series_index: int, size: int = 512, n_slices: int | None = None,
+                      sites: tuple[str, ...] = (CLASSIC,), site_params: SiteParams | None = None) -> SyntheticSeries:
+    """Pure function of its arguments: the same call always returns the same series.
+
+    The series is acquired at a site drawn among ``sites`` (see ``sites``); ``site_params``
+    replaces that draw (tests switch single factors on and off with it).
+    """
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
-    plan = plan_series(seed, series_index, n_slices)
+    plan = plan_series(seed, series_index, n_slices, sites=sites, site_params=site_params)
+    site = plan.site_params
     rng = np.random.default_rng([seed, 1, series_index])
     pixel_mm = round(plan.fov_mm / size, 6)
     positions = slice_positions(plan)
     params = draw_head_params(rng, plan.fov_mm, float(positions.min()), float(positions.max()))
+    if site is not None:
+        params = _site_head(params, site, plan.fov_mm, float(positions.min()))
     head = build_head(params, rng, size, pixel_mm, positions)
+    if site is not None:
+        add_mimics(head, site, seed, series_index)
     min_pixels = min_positive_pixels(size)
-    lesions = add_lesions(head, plan.subtypes, rng, min_pixels)
-    hu = _acquire(head.hu, head.fov, pixel_mm, params.blur_mm, params.noise_sd, rng)
+    lesions = add_lesions(head, plan.subtypes, rng, min_pixels, hard=site is not None and site.hard_lesions)
+    if site is None:
+        hu = _acquire(head.hu, head.fov, pixel_mm, params.blur_mm, params.noise_sd, rng)
+    else:
+        hu = acquire_site(head, site, plan.spacing_mm, seed, series_index)
 
     masks = {s: np.zeros(hu.shape, dtype=bool) for s in SUBTYPES}
     r0, r1, c0, c1 = head.box
@@ -124,4 +154,5 @@ def synthesize_series(seed: int, series_index: int, size: int = 512, n_slices: i
         plan=plan, size=size, pixel_mm=pixel_mm, hu=hu, lesion_masks=masks, labels=labels,
         positions=positions, origin=origin, sop_ids=ids.sop_ids(seed, series_index, len(positions)),
         fov=head.fov, min_pixels=min_pixels, subtle={les.subtype: les.subtle for les in lesions},
+        contrast={les.subtype: les.contrast for les in lesions},
     )
