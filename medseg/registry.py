@@ -181,6 +181,7 @@ _COMPONENT_MODULES: list[str] = [
     "medseg.models",
     "medseg.data.dataset",
     "medseg.data.transforms",
+    "medseg.data.robust_transforms",
     "medseg.engine.losses",
     "medseg.engine.metrics",
     "medseg.engine.optim",
