@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=1, help="series per process and step")
     p.add_argument("--multigpu_infer", action="store_true", help="shard across the processes of a launch")
     p.add_argument("--output", help="predictions CSV (default: <checkpoint dir>/predictions_<split>.csv)")
+    p.add_argument("--no_calibration", action="store_true",
+                   help="ignore the checkpoint's calibration.json (python -m medseg.outputs.calibrate)")
     return p.parse_args(argv)
 
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.resume_model if os.path.isdir(args.resume_model) else os.path.dirname(args.resume_model)
         output = args.output or os.path.join(model_dir, f"predictions_{args.split}.csv")
         _, metrics = infer_split(cfg, args.resume_model, args.split, output, args.num_workers,
-                                   args.multigpu_infer, args.batch_size)
+                                 args.multigpu_infer, args.batch_size, calibrate=not args.no_calibration)
         if metrics is not None and dist.is_main():
             print(json.dumps(metrics, indent=2, sort_keys=True))
 

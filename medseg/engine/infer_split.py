@@ -14,6 +14,7 @@ from medseg.engine import checkpoint as ckpt
 from medseg.engine import distributed as dist
 from medseg.engine.evaluator import predict_dataset
 from medseg.engine.metrics import WeightedLogLoss
+from medseg.outputs.calibrate import apply_calibration, load_calibration
 from medseg.utils.atomic import atomic_write_csv, atomic_write_json
 from medseg.utils.logger import get_logger
 
@@ -26,8 +27,12 @@ def metrics_path(output: str) -> str:
 
 
 def infer_split(cfg: Config, resume_model: str, split: str, output: str, num_workers: int = 0,
-                  multigpu_infer: bool = False, batch_size: int = 1) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+                multigpu_infer: bool = False, batch_size: int = 1,
+                calibrate: bool = True) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     """Predict ``split`` with the weights at ``resume_model``; rank 0 writes ``output``.
+
+    The checkpoint's ``calibration.json`` (``medseg.outputs.calibrate``) is applied when present
+    and ``calibrate``; the labels of a labelled split are in ``frame.attrs["labels"]``.
 
     With ``multigpu_infer`` under ``paddle.distributed.launch`` each rank predicts a shard and the
     shards are gathered by series; the CSV is the same as a single process writes.
@@ -42,8 +47,11 @@ def infer_split(cfg: Config, resume_model: str, split: str, output: str, num_wor
     logger.info("predicting %s: %d series with %s on %d process(es)", dataset.meta_file if hasattr(dataset, "meta_file") else split,
                 len(dataset), resume_model, dist.get_world_size())
     frame, labels = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, sharded=dist.is_distributed())
+    if calibrate:
+        frame[list(LABELS)] = apply_calibration(frame[list(LABELS)].to_numpy(), load_calibration(resume_model))
     metrics = None
     if getattr(dataset, "labelled", False):
+        frame.attrs["labels"] = labels
         metric = cfg.build("metric") if "metric" in cfg else WeightedLogLoss()
         metrics = metric(labels, frame[list(LABELS)].to_numpy())
     if dist.is_main():

@@ -12,6 +12,7 @@ import numpy as np
 from paddle import inference
 
 from medseg.export.meta import ExportError, ExportMeta, graph_files, read_meta
+from medseg.outputs.calibrate import apply_calibration, load_calibration
 
 
 def create_predictor(folder: str, graph: str, threads: int = 1, onednn: bool = False) -> inference.Predictor:
@@ -58,6 +59,7 @@ class ExportedModel:
             raise ExportError(f"{folder}: chunk size must be a positive number of slices, got {self.chunk_size}")
         self.encoder = create_predictor(folder, "encoder", threads, onednn=True)
         self.head = create_predictor(folder, "head", threads, onednn=False)
+        self.calibration = load_calibration(folder)  # the checkpoint's, copied by export_model
 
     def _check(self, image: np.ndarray, mask: np.ndarray) -> None:
         meta = self.meta
@@ -80,4 +82,4 @@ class ExportedModel:
         features = np.zeros((*mask.shape, self.meta.feature_dim), dtype=np.float32)
         if mask.any():
             features[mask] = self.encode(image[mask])
-        return run_predictor(self.head, features, mask)
+        return apply_calibration(run_predictor(self.head, features, mask), self.calibration)

@@ -8,6 +8,8 @@ killed export never leaves a half-written model):
   with oneDNN off, see ``medseg.export.graph``);
 * ``encoder.*`` and ``head.*``: the same model in two graphs, what :class:`ExportedModel` runs;
 * ``export.json``: input shape, windows, eval transforms, labels and provenance;
+* ``calibration.json``: the checkpoint's per-class temperatures when it has them (applied by
+  :class:`ExportedModel`; the single ``model.*`` graph and ONNX give uncalibrated probabilities);
 * ``config.yml``: the resolved experiment config the model was built from.
 """
 
@@ -28,6 +30,7 @@ from medseg.data.windows import Window, format_windows
 from medseg.engine import checkpoint as ckpt
 from medseg.export.graph import EncoderGraph, HeadGraph, SeriesGraph, check_exportable
 from medseg.export.meta import EXPORT_META, GRAPHS, ExportError, ExportMeta, write_meta
+from medseg.outputs.calibrate import CALIBRATION_FILE, calibration_path
 from medseg.utils.atomic import atomic_write_text, replace_dir
 from medseg.utils.logger import get_logger
 
@@ -85,6 +88,8 @@ def export_model(cfg: Config, checkpoint: str, save_dir: str, windows: tuple[Win
         )
         write_meta(tmp, meta)
         atomic_write_text(os.path.join(tmp, "config.yml"), cfg.dump())
+        if os.path.isfile(calibration_path(checkpoint)):
+            shutil.copy2(calibration_path(checkpoint), os.path.join(tmp, CALIBRATION_FILE))
         replace_dir(tmp, save_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,7 +1,11 @@
 """Evaluation report: metrics against the truth, curves, calibration and per-series strips.
 
 ``python -m medseg.outputs.report --pred PRED.csv --truth TRUTH.csv --out REPORT_DIR
-[--dataset_root ROOT] [--eps 1e-7] [--n_series 3]``
+[--dataset_root ROOT] [--eps 1e-7] [--n_series 3] [--calibration CKPT_DIR/calibration.json]``
+
+With ``--calibration`` (the file ``infer.py`` applied to PRED.csv) the report also shows the
+expected calibration error and log loss before calibration (the model's own probabilities,
+recovered by inverting the temperatures) and after.
 
 Writes ``metrics.json``, PNG figures and an ``index.html`` that shows them, and prints
 ``weighted_logloss=<x> prior=<y> ratio=<x/y>``. The series strips need the slice order: from
@@ -30,6 +34,7 @@ from medseg.constants import CLASS_WEIGHTS, LABELS
 from medseg.data.cache import SUFFIX as CACHE_SUFFIX, CacheFormatError, SeriesCache
 from medseg.data.meta import CROP_COLUMNS, meta_files, read_meta_file
 from medseg.engine.metrics import METRIC_EPS, evaluate_predictions, per_class_log_loss, per_image_log_loss, prevalence
+from medseg.outputs.calibrate import ECE_BINS, calibration_metrics, read_calibration, remove_calibration
 from medseg.outputs.predictions import TableError, format_examples, read_table
 from medseg.utils.atomic import atomic_open, atomic_write_json, atomic_write_text
 from medseg.utils.logger import get_logger
@@ -267,7 +272,19 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
-def write_html(path: str, metrics: dict, prior_per_class: np.ndarray, figures: list[tuple[str, str]], notes: list[str]) -> None:
+def _calibration_table(calibration: dict | None) -> str:
+    if not calibration:
+        return ""
+    rows = "".join(f"<tr><td>{label}</td><td>{_fmt(calibration['before'][key])}</td><td>{_fmt(calibration['after'][key])}</td></tr>"
+                   for label, key in [("ECE (weighted)", "ece"), ("log loss (weighted)", "logloss")]
+                   + [(f"ECE {l}", f"ece_{l}") for l in LABELS])
+    temps = ", ".join(f"{l} {t:.3g}" for l, t in zip(LABELS, calibration["temperature"]))
+    return (f"<h2>Calibration</h2><p>per-class temperatures ({html.escape(temps)}) from "
+            f"{html.escape(calibration['file'])}</p><table><tr><th></th><th>before</th><th>after</th></tr>{rows}</table>")
+
+
+def write_html(path: str, metrics: dict, prior_per_class: np.ndarray, figures: list[tuple[str, str]], notes: list[str],
+               calibration: dict | None = None) -> None:
     """A single self-explaining page: headline, per-class table, notes, then every figure."""
     esc = html.escape
     rows = "".join(
@@ -284,6 +301,8 @@ figure{{display:inline-block;margin:1em;vertical-align:top}}img{{max-width:100%}
 <p><b>weighted log loss {_fmt(metrics['weighted_logloss'])}</b> vs prior (prevalence only) {_fmt(metrics['prior_logloss'])},
 ratio {_fmt(metrics['ratio'])}; mean AUC {_fmt(metrics['mean_auc'])}; {metrics['n_images']} images; eps {metrics['eps']:g}.</p>
 <table><tr><th>class</th><th>prevalence</th><th>log loss</th><th>prior log loss</th><th>ROC AUC</th><th>weight</th></tr>{rows}</table>
+<p>expected calibration error (weighted, {ECE_BINS} bins): {_fmt(metrics.get('ece', float('nan')))}</p>
+{_calibration_table(calibration)}
 <ul>{''.join(f'<li>{esc(n)}</li>' for n in notes)}</ul>
 {images}
 </body></html>
@@ -291,14 +310,20 @@ ratio {_fmt(metrics['ratio'])}; mean AUC {_fmt(metrics['mean_auc'])}; {metrics['
     atomic_write_text(path, text)
 
 
-def make_report(pred_path: str, truth_path: str, out_dir: str, dataset_root: str | None = None, eps: float = METRIC_EPS, n_series: int = 3) -> dict:
+def make_report(pred_path: str, truth_path: str, out_dir: str, dataset_root: str | None = None, eps: float = METRIC_EPS,
+                n_series: int = 3, calibration_file: str | None = None) -> dict:
     """Build the whole report in ``out_dir``; returns what ``metrics.json`` holds."""
+    cal = read_calibration(calibration_file) if calibration_file else None
     pred, _ = read_table(pred_path)
     truth, _ = read_table(truth_path)
     frame = align(pred, truth, pred_path, truth_path)
     y = frame[[f"t_{l}" for l in LABELS]].to_numpy()
     p = frame[[f"p_{l}" for l in LABELS]].to_numpy()
-    metrics = evaluate_predictions(y, p, eps)
+    metrics = {**evaluate_predictions(y, p, eps), "ece": calibration_metrics(y, p)["ece"]}
+    calibration = None
+    if cal is not None:
+        calibration = {"file": calibration_file, "temperature": list(cal.temperature),
+                       "before": calibration_metrics(y, remove_calibration(p, cal)), "after": calibration_metrics(y, p)}
     prior_per_class = per_class_log_loss(y, np.broadcast_to(prevalence(y), y.shape), eps)
     os.makedirs(out_dir, exist_ok=True)
 
@@ -314,8 +339,10 @@ def make_report(pred_path: str, truth_path: str, out_dir: str, dataset_root: str
 
     result = {**metrics, **{f"prior_logloss_{l}": float(v) for l, v in zip(LABELS, prior_per_class)}, **series_summary}
     result.update(pred=pred_path, truth=truth_path, dataset_root=dataset_root, figures=[f for f, _ in figures])
+    if calibration is not None:
+        result["calibration"] = calibration
     atomic_write_json(os.path.join(out_dir, "metrics.json"), _json_safe(result))
-    write_html(os.path.join(out_dir, "index.html"), metrics, prior_per_class, figures, notes)
+    write_html(os.path.join(out_dir, "index.html"), metrics, prior_per_class, figures, notes, calibration)
     logger.info("report written to %s", os.path.join(out_dir, "index.html"))
     return result
 
@@ -332,18 +359,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset_root", default=None, help="prepared dataset root: slice order and thumbnails for the strips")
     parser.add_argument("--eps", type=float, default=METRIC_EPS, help=f"metric clipping epsilon (default {METRIC_EPS:g})")
     parser.add_argument("--n_series", type=int, default=3, help="number of worst and of best series to draw (default 3)")
+    parser.add_argument("--calibration", default=None,
+                        help="the calibration.json applied to --pred: adds calibration error before/after")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        metrics = make_report(args.pred, args.truth, args.out, args.dataset_root, args.eps, args.n_series)
+        metrics = make_report(args.pred, args.truth, args.out, args.dataset_root, args.eps, args.n_series, args.calibration)
     except ValueError as exc:  # TableError, bad eps
         logger.error("%s", exc)
         return 1
     print(f"report: {os.path.join(args.out, 'index.html')}")
     print(summary_line(metrics))
+    if "calibration" in metrics:
+        before, after = metrics["calibration"]["before"], metrics["calibration"]["after"]
+        print(f"ece before={before['ece']:.5f} after={after['ece']:.5f} "
+              f"logloss before={before['logloss']:.6f} after={after['logloss']:.6f}")
     return 0
 
 

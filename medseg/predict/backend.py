@@ -16,6 +16,7 @@ from medseg.engine import checkpoint as ckpt
 from medseg.export.inference import ExportedModel
 from medseg.export.meta import is_export_dir
 from medseg.models.outputs import prediction_logits
+from medseg.outputs.calibrate import apply_calibration, load_calibration
 
 
 class CheckpointModel:
@@ -28,6 +29,7 @@ class CheckpointModel:
         self.model = cfg.build("model")
         ckpt.load_params(path, self.model, strict=True)
         self.model.eval()
+        self.calibration = load_calibration(path)
         encoder = getattr(self.model, "encoder", None)
         if chunk_size is not None and encoder is not None and hasattr(encoder, "chunk_size"):
             encoder.chunk_size = int(chunk_size)  # slices per encoder pass: a memory bound only
@@ -35,7 +37,8 @@ class CheckpointModel:
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         with paddle.no_grad():
             out = self.model(paddle.to_tensor(image, dtype="float32"), paddle.to_tensor(mask, dtype="bool"))
-            return paddle.nn.functional.sigmoid(prediction_logits(out)).astype("float32").numpy()
+            probs = paddle.nn.functional.sigmoid(prediction_logits(out)).astype("float32").numpy()
+            return apply_calibration(probs, self.calibration)
 
 
 def model_kind(path: str) -> str:
