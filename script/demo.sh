@@ -17,18 +17,23 @@ SLICES=${DEMO_SLICES:-}          # fixed slices per series (tests); default: 20-
 # Scanner sites of the cohort (python -m medseg.data.synthetic --sites): "all" mixes every preset
 # (issue 13); "classic" is the single-scanner cohort the demo's configs and numbers were tuned on.
 SITES=${DEMO_SITES:-classic}
+RAW=${DEMO_RAW:-$OUT/raw}        # DEMO_RAW=DIR: an existing Kaggle-layout cohort (step 1 is skipped)
 # One OpenMP thread per process: the demo's MobileNet is made of small ops that a second thread
 # slows down (measured here: 2.06 s per training step with 1 thread, 2.86 s with 2).
 export OMP_NUM_THREADS=${DEMO_THREADS:-1} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 start=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
 
-step "1/7 synthetic cohort ($SERIES series, ${SIZE} px, sites $SITES) -> $OUT/raw"
-"$PYTHON" -m medseg.data.synthetic --out "$OUT/raw" --series "$SERIES" --seed 0 --size "$SIZE" --workers 2 \
-  --sites "$SITES" ${SLICES:+--n_slices "$SLICES"}
+if [ -n "${DEMO_RAW:-}" ]; then
+  step "1/7 cohort: $RAW (given)"
+else
+  step "1/7 synthetic cohort ($SERIES series, ${SIZE} px, sites $SITES) -> $RAW"
+  "$PYTHON" -m medseg.data.synthetic --out "$RAW" --series "$SERIES" --seed 0 --size "$SIZE" --workers 2 \
+    --sites "$SITES" ${SLICES:+--n_slices "$SLICES"}
+fi
 
 step "2/7 prepare (DICOM -> meta tables + window cache) -> $OUT/prepared"
-"$PYTHON" -m medseg.data.prepare --raw_root "$OUT/raw" --dataset_root "$OUT/prepared" --workers 2 --val_fraction 0.2 --seed 42
+"$PYTHON" -m medseg.data.prepare --raw_root "$RAW" --dataset_root "$OUT/prepared" --workers 2 --val_fraction 0.2 --seed 42
 
 data=(-o "train_dataset.dataset_root=$OUT/prepared" -o "val_dataset.dataset_root=$OUT/prepared")
 train() {  # name config extra-args...: train.py on $PROCS processes -> $OUT/<name>
@@ -53,9 +58,9 @@ step "5/7 infer the test split -> $OUT/predictions_test.csv"
 
 step "6/7 Kaggle submission -> $OUT/submission.csv"
 "$PYTHON" -m medseg.outputs.submission --pred "$OUT/predictions_test.csv" \
-  --sample "$OUT/raw/stage_2_sample_submission.csv" --out "$OUT/submission.csv"
+  --sample "$RAW/stage_2_sample_submission.csv" --out "$OUT/submission.csv"
 
 step "7/7 evaluation report (the synthetic test labels are known) -> $OUT/report"
 echo "demo finished in $(( $(date +%s) - start ))s"
 "$PYTHON" -m medseg.outputs.report --pred "$OUT/predictions_test.csv" \
-  --truth "$OUT/raw/stage_2_test_truth.csv" --dataset_root "$OUT/prepared" --out "$OUT/report"
+  --truth "$RAW/stage_2_test_truth.csv" --dataset_root "$OUT/prepared" --out "$OUT/report"
