@@ -1,9 +1,15 @@
 """Synthetic RSNA-2019-style head-CT cohort: the embedded default data of the project.
 
 ``python -m medseg.data.synthetic --out DIR --series N --seed S [--size 512] [--test_fraction F]
-[--workers W]`` writes the Kaggle layout: ``stage_2_train/ID_<9 hex>.dcm`` and
+[--workers W] [--sites classic|all|a,b]`` writes the Kaggle layout: ``stage_2_train/ID_<9 hex>.dcm`` and
 ``stage_2_test/…`` (flat, one DICOM file per slice, file stem = SOPInstanceUID),
 ``stage_2_train.csv``, ``stage_2_sample_submission.csv`` and ``stage_2_test_truth.csv``.
+
+Sites. Each series is acquired at a scanner site drawn among ``--sites``; the site's preset plus
+per-series jitter sets noise, kernel, slice thickness, hyperdense mimics, skull base, streaks,
+motion, head placement, field of view, matrix, HU offset and harder bleeds (``sites``,
+``mimics``, ``scanner``). ``classic``, the default, is the generator before sites existed,
+byte for byte.
 
 Truth. ``synthesize_series(seed, index, size)`` is a pure function: it returns the true HU volume
 (int16, slices in InstanceNumber order), the lesion masks, the labels and the identifiers, so a
