@@ -52,7 +52,8 @@ class SitePreset:
 
 @dataclass(frozen=True)
 class SiteParams:
-    """One series' draw from its site preset; a zero or ``None`` turns a factor off."""
+    """One series' draw from its site preset; a zero or ``None`` turns a factor off (the defaults:
+    the site path with every factor off, which tests switch on one at a time)."""
 
     site: str
     slices: int | None = None
@@ -77,11 +78,6 @@ class SiteParams:
     streak_hu: float = 0.0
     motion_px: float = 0.0
     hard_lesions: bool = False
-
-    @classmethod
-    def neutral(cls, site: str = "neutral") -> "SiteParams":
-        """The site path with every factor off (tests switch one on at a time)."""
-        return cls(site=site)
 
 
 SITE_PRESETS: dict[str, SitePreset | None] = {
