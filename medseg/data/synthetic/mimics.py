@@ -71,7 +71,7 @@ def add_mimics(head: Head, site: SiteParams, seed: int, series_index: int) -> No
     if site.mastoid:  # honeycomb of air cells in dense bone behind the ears, lowest slices only
         rng = np.random.default_rng([seed, 8, series_index, 6])
         u, v, w = head.X / p.a, head.Y / p.b, head.Z / p.c
-        region = (head.r < 0.97) & (w < -0.45) & (np.abs(u) > 0.55) & (v > 0.0) & (v < 0.5)
+        region = (head.inner > -0.8 * p.skull_mm) & (w < -0.45) & (np.abs(u) > 0.55) & (v > 0.0) & (v < 0.5)
         if region.any():
             cells = SmoothField(rng, head.hu.shape[-1] * head.pixel_mm, float(head.positions.min()),
                                 float(head.positions.max()), 3.0).sample(head.hu.shape[-1], head.positions, head.box)

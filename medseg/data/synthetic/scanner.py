@@ -51,7 +51,8 @@ def _streaks(head: Head, site: SiteParams, rng: np.random.Generator) -> None:
     p = head.params
     r0, r1, c0, c1 = head.box
     hu = head.hu[:, r0:r1, c0:c1]
-    dense = ((hu > 600) & (head.r < 0.85)).sum(axis=(1, 2)).astype(np.float32)
+    # Dense bone of the skull base and petrous ridges (below the brain; the vault is not counted).
+    dense = ((hu > 600) & (head.r < 0.9) & (head.Z < -0.25 * p.c)).sum(axis=(1, 2)).astype(np.float32)
     if dense.max() <= 0:
         return
     strength = (dense / dense.max())[:, None, None]
