@@ -96,13 +96,11 @@ RAW_DIR=${RAW:-$IN/raw}
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$PYTHON" -m medseg.predict --config "$CONFIG" --model "$MODEL" \
   --dicom_dir "$EXT_RAW/stage_2_test" --out "$OUT/external_predict" --no_progress > "$OUT/external_predict.log" 2>&1 \
   || { tail -20 "$OUT/external_predict.log"; exit 1; }
-in_line=$(score in_domain "$OUT/in_domain_report" "$OUT/in_domain_test.csv" "$RAW_DIR/stage_2_test_truth.csv")
-ext_line=$(score external "$OUT/external_report" "$OUT/external_predict/predictions.csv" "$EXT_RAW/stage_2_test_truth.csv")
-echo "$in_line"
-echo "$ext_line"
+score in_domain "$OUT/in_domain_report" "$OUT/in_domain_test.csv" "$RAW_DIR/stage_2_test_truth.csv"
+score external "$OUT/external_report" "$OUT/external_predict/predictions.csv" "$EXT_RAW/stage_2_test_truth.csv"
 echo "elapsed: $(( $(date +%s) - START )) s"
-in_ratio=$(echo "$in_line" | head -1 | sed 's/.*ratio=//')
-ext_ratio=$(echo "$ext_line" | head -1 | sed 's/.*ratio=//')
+in_ratio=$(sed -n 's/^weighted_logloss=.*ratio=//p' "$OUT/in_domain_report.log")
+ext_ratio=$(sed -n 's/^weighted_logloss=.*ratio=//p' "$OUT/external_report.log")
 verdict=$("$PYTHON" -c "import sys; e, i, t = map(float, sys.argv[1:]); print(('met' if e <= t else 'NOT met') + f' (external / in-domain ratio: {e / i:.2f})')" \
   "$ext_ratio" "$in_ratio" "$TARGET")
 echo "target external ratio <= $TARGET: $verdict"
