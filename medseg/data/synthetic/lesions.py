@@ -29,6 +29,9 @@ from medseg.data.synthetic.anatomy import Head
 from medseg.data.synthetic.fields import SmoothField
 
 SUBTLE_FRACTION = 0.2
+# Shares of the hard variants among a hard site's bleeds of each subtype.
+HARD_SHARE = {"thin_epidural": 0.5, "thin_subdural": 0.35, "isodense_subdural": 0.25, "contusion": 0.35,
+              "focal_subarachnoid": 0.45}
 _MAX_TRIES = 12
 
 
@@ -140,20 +143,21 @@ def add_lesions(head: Head, subtypes: tuple[str, ...], rng: np.random.Generator,
         variant = float(rng.random()) if hard else 1.0
         for _ in range(_MAX_TRIES):
             if subtype in ("epidural", "subdural"):
-                mask = _extra_axial(head, rng, subtype == "epidural", thin=variant < (0.5 if subtype == "epidural" else 0.35))
+                mask = _extra_axial(head, rng, subtype == "epidural", thin=variant < HARD_SHARE[f"thin_{subtype}"])
             elif subtype == "intraparenchymal":
-                mask, rim = _intraparenchymal(head, rng, blob_field, contusion=variant < 0.35)
+                mask, rim = _intraparenchymal(head, rng, blob_field, contusion=variant < HARD_SHARE["contusion"])
             elif subtype == "intraventricular":
                 mask = _intraventricular(head, rng)
             elif subtype == "subarachnoid":
-                mask = _subarachnoid(head, rng, focal=variant < 0.45)
+                mask = _subarachnoid(head, rng, focal=variant < HARD_SHARE["focal_subarachnoid"])
             else:
                 raise ValueError(f"unknown hemorrhage subtype {subtype!r}; expected one of {SUBTYPES}")
             if int(np.count_nonzero(mask.sum(axis=(1, 2)) >= min_pixels)) >= want:
                 break
         subtle = bool(rng.random() < SUBTLE_FRACTION)
         contrast = float(rng.uniform(15.0, 25.0) if subtle else rng.uniform(60.0, 90.0))
-        if hard and subtype == "subdural" and 0.35 <= variant < 0.6:  # isodense subacute subdural
+        thin = HARD_SHARE["thin_subdural"]
+        if hard and subtype == "subdural" and thin <= variant < thin + HARD_SHARE["isodense_subdural"]:  # subacute
             subtle, contrast = True, float(rng.uniform(2.0, 8.0))
         target = np.float32(brain_level + contrast) if subtle else np.float32(contrast)
         fade = _fade(mask, min_pixels, rng)[:, None, None]
