@@ -18,14 +18,17 @@ SYNTH_SLICES = 6
 SIZE = 64
 
 
-def write_config(path: str) -> str:
-    """The demo CNN model (ResNet-18 + sequence transformer) at 64 px with the demo's eval transforms."""
+def write_config(path: str, model: str = "") -> str:
+    """The demo CNN model (ResNet-18 + sequence transformer) at 64 px with the demo's eval transforms.
+
+    ``model``: more YAML lines of the ``model`` section (indented by two spaces), e.g. another head.
+    """
     base = os.path.join(ROOT, "config", "_base_", "models", "demo_cnn.yml")
     text = f"""\
 _base_: {base}
 model:
   encoder: {{img_size: {SIZE}, chunk_size: 4}}
-val_dataset:
+{model}val_dataset:
   type: RSNASeriesDataset
   dataset_root: unused
   split: val

@@ -15,7 +15,7 @@ from export import main as export_main
 from medseg.config import Config
 from medseg.constants import LABELS
 from medseg.engine import checkpoint as ckpt
-from medseg.export import ExportedModel, read_meta
+from medseg.export import ExportedModel, create_predictor, read_meta, run_predictor
 from medseg.export.meta import graph_files
 from medseg.models.outputs import prediction_logits
 from medseg.predict.__main__ import main as predict_main
@@ -120,6 +120,50 @@ def test_predict_with_export_equals_predict_with_checkpoint(exported):
     np.testing.assert_allclose(a[list(LABELS)].to_numpy(), b[list(LABELS)].to_numpy(), rtol=0, atol=ATOL)
     report = json.loads((root / "export" / "predictions.json").read_text())
     assert report["model_kind"] == "export"
+
+
+# Every head the project ships, with and without the residual slice logits, and the slice-only model.
+HEADS = {
+    "transformer": "  head: {_inherited_: false, type: TransformerSequenceHead, num_layers: 1, nhead: 2, dim_feedforward: 16}\n",
+    "bigru": "  head: {_inherited_: false, type: BiGRUSequenceHead, hidden_size: 8, num_layers: 2}\n",
+    "slice_only": "  sequential: false\n",
+}
+HEAD_CASES = [("transformer", False), ("transformer", True), ("bigru", False), ("bigru", True), ("slice_only", False)]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    write_study(str(folder))
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head,residual", HEAD_CASES)
+def test_every_head_exports_and_predicts_like_its_checkpoint(head, residual, study, tmp_path):
+    """``medseg.predict`` on the exported folder equals it on the checkpoint, and so does the
+    single-graph export (``model.json``), residual slice logits included."""
+    config = write_config(str(tmp_path / "model.yml"), HEADS[head] + f"  residual: {str(residual).lower()}\n")
+    checkpoint = write_checkpoint(config, str(tmp_path / "best_model"), seed=11)
+    save_dir = str(tmp_path / "deploy")
+    assert export_main(["--config", config, "--model", checkpoint, "--save_dir", save_dir]) == 0
+    runs = {}
+    for name, model in (("ckpt", checkpoint), ("export", save_dir)):
+        args = ["--model", model, "--dicom_dir", str(study), "--out", str(tmp_path / name), "--no_progress"]
+        if name == "ckpt":
+            args += ["--config", config]
+        assert predict_main(args) == 0
+        runs[name] = pd.read_csv(tmp_path / name / "predictions.csv", dtype={"slice_id": str, "series_id": str})
+    a, b = runs["ckpt"], runs["export"]
+    assert a.drop(columns=list(LABELS)).equals(b.drop(columns=list(LABELS)))
+    np.testing.assert_allclose(a[list(LABELS)].to_numpy(), b[list(LABELS)].to_numpy(), rtol=0, atol=1e-4)
+
+    model = Config(config).build("model")
+    ckpt.load_params(checkpoint, model)
+    model.eval()
+    image, mask = _inputs(2, 6, seed=5), _mask(2, 6, 4)
+    whole = run_predictor(create_predictor(save_dir, "series"), image, mask)
+    np.testing.assert_allclose(whole[mask], _dygraph(model, image, mask)[mask], rtol=0, atol=1e-4)
 
 
 def test_refuses_to_overwrite_a_folder_that_is_not_an_export(exported, tmp_path, capsys):

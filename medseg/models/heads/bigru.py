@@ -42,8 +42,9 @@ class BiGRUSequenceHead(SequenceHead):
 
     def _forward(self, x: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
         lengths = mask.astype("int64").sum(axis=1)
-        prefix = paddle.arange(mask.shape[1], dtype="int64").unsqueeze(0) < lengths.unsqueeze(1)
-        if not bool((prefix == mask).all()):
-            raise ValueError("BiGRUSequenceHead needs real slices first and padding at the end of each series")
+        if paddle.in_dynamic_mode():  # a check on data: no static-graph counterpart (export feeds its own masks)
+            prefix = paddle.arange(mask.shape[1], dtype="int64").unsqueeze(0) < lengths.unsqueeze(1)
+            if not bool((prefix == mask).all()):
+                raise ValueError("BiGRUSequenceHead needs real slices first and padding at the end of each series")
         out, _ = self.gru(x, sequence_length=lengths)
         return self.decoder(self.dropout(out))
