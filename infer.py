@@ -1,57 +1,10 @@
-"""Predict one split with a trained model: ``python infer.py --config x.yml --resume_model dir``.
+"""Predict one prepared split with a trained model: ``python infer.py ...`` (the same as ``python -m medseg.tools.infer`` or
+``medseg-infer``; see :mod:`medseg.tools.infer`). Kept at the repository root, where PaddleSeg users and
+``python -m paddle.distributed.launch infer.py`` look for it."""
 
-Writes the predictions CSV (one row per real slice); on a labelled split also prints the
-metrics and saves them as ``<output stem>_metrics.json``. With ``--multigpu_infer`` under
-``paddle.distributed.launch`` the split is sharded across processes.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-import os
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", message="No ccache found")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
-    p.add_argument("-o", "--opts", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--resume_model", required=True, help="checkpoint directory (iter_N/ or best_model/) or model.pdparams")
-    p.add_argument("--infer_splition", "--split", dest="split", default="test",
-                   help="split (or any <tag>_meta.csv tag) to predict: train, val, test, ...")
-    p.add_argument("--num_workers", type=int, default=0)
-    p.add_argument("--batch_size", type=int, default=1, help="series per process and step")
-    p.add_argument("--multigpu_infer", action="store_true", help="shard across the processes of a launch")
-    p.add_argument("--output", help="predictions CSV (default: <checkpoint dir>/predictions_<split>.csv)")
-    p.add_argument("--no_calibration", action="store_true",
-                   help="ignore the checkpoint's calibration.json (python -m medseg.outputs.calibrate)")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from medseg.config import Config
-    from medseg.engine import distributed as dist
-    from medseg.utils.cli import run_cli
-    from medseg.engine.infer_split import infer_split
-    from medseg.utils.logger import setup_logger
-
-    def job() -> None:
-        setup_logger()  # console only (rank 0): inference writes no log file of its own
-        cfg = Config(args.config, args.overrides)
-        model_dir = args.resume_model if os.path.isdir(args.resume_model) else os.path.dirname(args.resume_model)
-        output = args.output or os.path.join(model_dir, f"predictions_{args.split}.csv")
-        _, metrics = infer_split(cfg, args.resume_model, args.split, output, args.num_workers,
-                                 args.multigpu_infer, args.batch_size, calibrate=not args.no_calibration)
-        if metrics is not None and dist.is_main():
-            print(json.dumps(metrics, indent=2, sort_keys=True))
-
-    return run_cli(job)
-
+from medseg.tools.infer import main
 
 if __name__ == "__main__":
     sys.exit(main())

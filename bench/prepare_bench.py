@@ -39,22 +39,24 @@ import psutil  # noqa: E402
 import pydicom  # noqa: E402
 from pydicom.pixels import apply_modality_lut  # noqa: E402
 
-import medseg.dicom  # noqa: E402,F401  (relaxed UID validation)
 from medseg.constants import DEFAULT_WINDOWS, TEST_DIR, TRAIN_DIR  # noqa: E402
 from medseg.data.prepare import list_dicom_files, prepare  # noqa: E402
 from medseg.data.synthetic import generate_cohort  # noqa: E402
+from medseg.dicom.validation import disable_value_validation  # noqa: E402
 from medseg.utils.logger import setup_logger  # noqa: E402
 
 
 def _floor_one(path: str) -> int:
-    ds = pydicom.dcmread(path)
-    return int(apply_modality_lut(ds.pixel_array, ds).size > 0)
+    with disable_value_validation():  # RSNA-style ids are not valid UIDs
+        ds = pydicom.dcmread(path)
+        return int(apply_modality_lut(ds.pixel_array, ds).size > 0)
 
 
 def _original_header(path: str):
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return ds.SeriesInstanceUID, float(ds.ImagePositionPatient[2]), path
+        with disable_value_validation():
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return ds.SeriesInstanceUID, float(ds.ImagePositionPatient[2]), path
     except Exception:
         return None
 

@@ -8,9 +8,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-import medseg.dicom  # noqa: F401  (relaxed UID validation for ID_<hex>)
+from medseg.dicom.validation import disable_value_validation
 
 
+@disable_value_validation()  # RSNA-style ids are not valid UIDs: built and written as our writer does
 def ct_dataset(sop_id: str, series_id: str, hu: np.ndarray, z: float, instance: int, *, patient_id: str = "ID_p0",
                study_id: str | None = None, quirk: str = "signed", orientation=(1, 0, 0, 0, 1, 0)) -> Dataset:
     """One CT slice whose true HU is ``hu`` (int), stored with the named pixel quirk."""
@@ -57,6 +58,7 @@ def ct_dataset(sop_id: str, series_id: str, hu: np.ndarray, z: float, instance: 
     return ds
 
 
+@disable_value_validation()
 def save(ds: Dataset, path: str) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     ds.save_as(path, enforce_file_format=True)

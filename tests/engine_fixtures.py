@@ -151,4 +151,4 @@ if __name__ == "__main__":
 
         distributed.init_distributed()
         raise RuntimeError(f"rank {die_rank} failed on purpose (MEDSEG_TEST_DIE_RANK)")
-    sys.exit(importlib.import_module(command).main(argv))
+    sys.exit(importlib.import_module(f"medseg.tools.{command}").main(argv))

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from paddle import inference
 
-from export import main as export_main
+from medseg.tools.export import main as export_main
 from medseg.config import Config
 from medseg.constants import LABELS
 from medseg.engine import checkpoint as ckpt

@@ -164,7 +164,7 @@ def test_submission_cli_exit_codes(tmp_path):
     # The real entry point, once: a bad sample exits non-zero with the counts.
     cmd = [sys.executable, "-m", "medseg.outputs.submission", *args, "--sample", str(_sample(tmp_path, ["ID_1", "ID_2"]))]
     bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert bad.returncode == 1 and "6 ID(s)" in bad.stdout + bad.stderr
+    assert bad.returncode == 2 and "6 ID(s)" in bad.stderr.splitlines()[-1]
 
 
 # ------------------------------------------------------------------ ensemble

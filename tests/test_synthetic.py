@@ -11,17 +11,17 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import medseg.dicom  # noqa: F401  (relaxed UID validation, as every reader in the project)
 import pydicom
 from medseg.constants import LABELS, SAMPLE_SUBMISSION_CSV, SUBTYPES, TEST_DIR, TEST_TRUTH_CSV, TRAIN_CSV, TRAIN_DIR
 from medseg.data.synthetic import (PIXEL_QUIRKS, WINDOW_MODES, generate_cohort, min_positive_pixels, plan_series,
                                    synthesize_series)
-from medseg.data.synthetic.__main__ import main as cli_main
+from medseg.data.synthetic.__main__ import generate as cli_generate
 from medseg.data.synthetic.anatomy import build_head, draw_head_params
 from medseg.data.synthetic.dicom_writer import write_series
 from medseg.data.synthetic.lesions import _extra_axial, _intraparenchymal, _subarachnoid
 from medseg.data.synthetic.sites import SITES, SiteParams, parse_sites
 from medseg.dicom.pixels import read_hu
+from medseg.dicom.validation import convert_elements, disable_value_validation
 
 SEED, N_SERIES, SIZE, SLICES = 11, 6, 64, 5
 SOP_RE = re.compile(r"^ID_[0-9a-f]{9}$")
@@ -40,10 +40,11 @@ def decode_hu(ds: pydicom.Dataset) -> np.ndarray:
 
 
 def read_strict(path: str) -> pydicom.Dataset:
-    """dcmread that fails on any warning: the files must not spam logs."""
-    with warnings.catch_warnings():
+    """dcmread that fails on any warning: the files must not spam logs (read as our reader does,
+    with the RSNA-style ids' UID validation off)."""
+    with warnings.catch_warnings(), disable_value_validation():
         warnings.simplefilter("error")
-        return pydicom.dcmread(path)
+        return convert_elements(pydicom.dcmread(path))
 
 
 def read_label_csv(path: str) -> list[tuple[str, str, str]]:
@@ -71,7 +72,7 @@ def label_groups(path: str) -> list[tuple[str, list[int]]]:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("cohort"))
-    summary = cli_main(["--out", out, "--series", str(N_SERIES), "--seed", str(SEED), "--size", str(SIZE),
+    summary = cli_generate(["--out", out, "--series", str(N_SERIES), "--seed", str(SEED), "--size", str(SIZE),
                         "--test_fraction", "0.34", "--n_slices", str(SLICES)])
     truth = {i: synthesize_series(SEED, i, SIZE, n_slices=SLICES) for i in range(N_SERIES)}
     return out, summary, truth
@@ -280,8 +281,8 @@ def test_site_option_parses_and_classic_is_the_old_generator(tmp_path):
 
 
 def test_cohort_spreads_series_over_the_chosen_sites(tmp_path):
-    summary = cli_main(["--out", str(tmp_path / "c"), "--series", "8", "--seed", "2", "--size", "48",
-                        "--n_slices", "3", "--sites", "sharp,legacy"])
+    summary = cli_generate(["--out", str(tmp_path / "c"), "--series", "8", "--seed", "2", "--size", "48",
+                            "--n_slices", "3", "--sites", "sharp,legacy"])
     assert set(summary["sites"]) == {"sharp", "legacy"} and sum(summary["sites"].values()) == 8
     ds = read_strict(next(str(p) for p in (tmp_path / "c" / TRAIN_DIR).iterdir()))
     assert 2.0 <= float(ds.SliceThickness) <= 7.0

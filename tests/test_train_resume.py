@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import infer
-import train
+from medseg.tools import train
 from engine_fixtures import make_prepared, write_config
 from medseg.config import Config
 from medseg.constants import LABELS

@@ -36,9 +36,14 @@ def split_kaggle_ids(ids: pd.Series, source: str) -> tuple[pd.Series, pd.Series]
 def read_label_table(path: str) -> pd.DataFrame:
     """``stage_2_train.csv`` → DataFrame indexed by ``slice_id`` with the six LABELS columns
     (float). Repeated ``ID`` rows are dropped (first kept); unknown subtypes raise ValueError."""
-    frame = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False)
+    except pd.errors.EmptyDataError as err:
+        raise ValueError(f"{path}: empty file (expected the columns ID,Label)") from err
     if list(frame.columns[:2]) != ["ID", "Label"]:
         raise ValueError(f"{path}: expected columns ID,Label, found {list(frame.columns)}")
+    if frame.empty:
+        raise ValueError(f"{path}: no label rows")
     labels = pd.to_numeric(frame["Label"], errors="coerce")
     if labels.isna().any():
         bad = frame.loc[labels.isna(), "ID"].head(3).tolist()

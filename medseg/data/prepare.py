@@ -38,6 +38,7 @@ from medseg.dicom.errors import DicomReadError
 from medseg.dicom.header import SliceHeader, read_header
 from medseg.dicom.series import Series, group_series
 from medseg.utils.atomic import atomic_write_csv
+from medseg.utils.cli import ArgumentParser, run_cli
 from medseg.utils.logger import get_logger
 
 logger = get_logger("data.prepare")
@@ -361,7 +362,7 @@ def prepare(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m medseg.data.prepare", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m medseg.data.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--raw_root", required=True, help=f"folder holding {TRAIN_DIR}/, {TEST_DIR}/ and {TRAIN_CSV}")
     parser.add_argument("--dataset_root", required=True, help="output folder (meta CSVs, cache/, prepare_errors.csv)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
@@ -376,14 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    args = build_parser().parse_args(None if argv is None else list(argv))
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
     try:
         windows = parse_windows(args.windows)
     except ValueError as exc:
-        build_parser().error(f"--windows: {exc}")
-    summary = prepare(args.raw_root, args.dataset_root, args.workers, args.val_fraction, args.seed, windows, args.val_fold, args.fsync)
-    print(summary.format())
-    return 0
+        parser.error(f"--windows: {exc}")
+
+    def job() -> None:
+        summary = prepare(args.raw_root, args.dataset_root, args.workers, args.val_fraction, args.seed, windows,
+                          args.val_fold, args.fsync)
+        print(summary.format())
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
-"""DICOM reading. Importing this package relaxes pydicom's UID validation (see ``pydicom_setup``)."""
+"""DICOM reading: headers, pixels, series assembly, typed errors naming the file.
 
-from medseg.dicom import pydicom_setup  # noqa: F401  (side effect: quiet, permissive pydicom)
+pydicom's value validation is relaxed only around our own reads (see ``medseg.dicom.validation``);
+importing this package changes no pydicom setting.
+"""

@@ -20,7 +20,6 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 
-from medseg.dicom import pydicom_setup  # noqa: F401  (relaxed UID validation for ID_<hex>)
 from medseg.dicom.errors import (
     DicomReadError,
     MissingPixelDataError,
@@ -34,6 +33,7 @@ from medseg.dicom.errors import (
 )
 from medseg.dicom.modality import HeaderValues, ModalityParams, WordLayout, modality_params, word_layout
 from medseg.dicom.plain_scan import NATIVE_LITTLE_ENDIAN, PIXEL_DATA, scan_plain
+from medseg.dicom.validation import convert_elements, disable_value_validation
 
 # Values longer than this are skipped by the pydicom scan, their offset kept (PixelData, in practice).
 DEFER_BYTES = 256
@@ -92,7 +92,8 @@ def read_dataset(path: str, stop_before_pixels: bool = False, defer_size: int | 
     try:
         if os.path.getsize(path) == 0:
             raise NotDicomError(path, "empty file (0 bytes)")
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
+        with disable_value_validation():  # RSNA ids ID_<hex> are not valid UIDs (medseg.dicom.validation)
+            return convert_elements(pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size))
     except DicomReadError:
         raise
     except InvalidDicomError as exc:

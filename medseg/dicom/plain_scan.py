@@ -31,6 +31,8 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pydicom.valuerep import CUSTOMIZABLE_CHARSET_VR, EXPLICIT_VR_LENGTH_32, VR
 from pydicom.values import convert_value
 
+from medseg.dicom.validation import disable_value_validation
+
 HEAD_BYTES = 16384
 PIXEL_DATA = 0x7FE00010
 TRANSFER_SYNTAX = 0x00020010
@@ -162,6 +164,7 @@ def scan_plain(path: str) -> PlainHeader | None:
         with open(path, "rb") as fh:
             buf = fh.read(HEAD_BYTES)
             size = os.fstat(fh.fileno()).st_size
-        return _parse(buf, size)
+        with disable_value_validation():  # pydicom's converters validate; RSNA ids are not valid UIDs
+            return _parse(buf, size)
     except Exception:  # _NotPlain, a short buffer (struct.error, IndexError), a failed conversion...
         return None

@@ -21,6 +21,7 @@ import pandas as pd
 from medseg.constants import LABELS
 from medseg.outputs.predictions import TableError, format_examples, read_kaggle, read_table, wide_to_kaggle
 from medseg.utils.atomic import atomic_write_csv
+from medseg.utils.cli import ArgumentParser, run_cli
 from medseg.utils.logger import get_logger
 
 logger = get_logger("outputs.ensemble")
@@ -113,7 +114,7 @@ def ensemble_files(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m medseg.outputs.ensemble", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m medseg.outputs.ensemble", description=__doc__.split("\n")[0])
     parser.add_argument("--inputs", nargs="+", required=True, help="submissions (ID,Label) and/or predictions CSVs")
     parser.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per input (normalised); default equal")
     parser.add_argument("--out", required=True, help="output CSV, in the format of the first input")
@@ -125,13 +126,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def job() -> None:
         ensemble_files(args.inputs, args.out, args.weights, args.rule_k, args.rule_threshold, args.eps)
-    except ValueError as exc:  # TableError, bad weights or rule
-        logger.error("%s", exc)
-        return 1
-    print(f"ensemble written to {args.out}")
-    return 0
+        print(f"ensemble written to {args.out}")
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

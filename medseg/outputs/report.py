@@ -37,6 +37,7 @@ from medseg.engine.metrics import METRIC_EPS, evaluate_predictions, per_class_lo
 from medseg.outputs.calibrate import ECE_BINS, calibration_metrics, read_calibration, remove_calibration
 from medseg.outputs.predictions import TableError, format_examples, read_table
 from medseg.utils.atomic import atomic_open, atomic_write_json, atomic_write_text
+from medseg.utils.cli import ArgumentParser, run_cli
 from medseg.utils.logger import get_logger
 
 logger = get_logger("outputs.report")
@@ -352,7 +353,7 @@ def summary_line(metrics: dict) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m medseg.outputs.report", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m medseg.outputs.report", description=__doc__.split("\n")[0])
     parser.add_argument("--pred", required=True, help="predictions CSV (or a Kaggle ID,Label submission)")
     parser.add_argument("--truth", required=True, help="truth in the Kaggle label format (ID,Label), e.g. stage_2_test_truth.csv")
     parser.add_argument("--out", required=True, help="report directory (created)")
@@ -366,18 +367,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def job() -> None:
         metrics = make_report(args.pred, args.truth, args.out, args.dataset_root, args.eps, args.n_series, args.calibration)
-    except ValueError as exc:  # TableError, bad eps
-        logger.error("%s", exc)
-        return 1
-    print(f"report: {os.path.join(args.out, 'index.html')}")
-    print(summary_line(metrics))
-    if "calibration" in metrics:
-        before, after = metrics["calibration"]["before"], metrics["calibration"]["after"]
-        print(f"ece before={before['ece']:.5f} after={after['ece']:.5f} "
-              f"logloss before={before['logloss']:.6f} after={after['logloss']:.6f}")
-    return 0
+        print(f"report: {os.path.join(args.out, 'index.html')}")
+        print(summary_line(metrics))
+        if "calibration" in metrics:
+            before, after = metrics["calibration"]["before"], metrics["calibration"]["after"]
+            print(f"ece before={before['ece']:.5f} after={after['ece']:.5f} "
+                  f"logloss before={before['logloss']:.6f} after={after['logloss']:.6f}")
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

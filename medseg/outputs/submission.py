@@ -19,6 +19,7 @@ import pandas as pd
 from medseg.engine.metrics import METRIC_EPS
 from medseg.outputs.predictions import format_examples, read_kaggle, read_table, wide_to_kaggle
 from medseg.utils.atomic import atomic_write_csv
+from medseg.utils.cli import ArgumentParser, run_cli
 from medseg.utils.logger import get_logger
 
 logger = get_logger("outputs.submission")
@@ -69,7 +70,7 @@ def write_submission(pred_path: str, sample_path: str, out_path: str, eps: float
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m medseg.outputs.submission", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m medseg.outputs.submission", description=__doc__.split("\n")[0])
     parser.add_argument("--pred", required=True, help="predictions CSV (slice_id, series_id, six labels) or a Kaggle ID,Label table")
     parser.add_argument("--sample", required=True, help="stage_2_sample_submission.csv: the exact ID set to produce")
     parser.add_argument("--out", required=True, help="submission CSV to write")
@@ -79,13 +80,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def job() -> None:
         write_submission(args.pred, args.sample, args.out, args.eps)
-    except ValueError as exc:  # TableError, SubmissionError, bad --eps
-        logger.error("%s", exc)
-        return 1
-    print(f"submission written to {args.out}")
-    return 0
+        print(f"submission written to {args.out}")
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", message="No ccache found")
+from medseg.utils.cli import ArgumentParser, run_cli
+
 # Read before paddle is imported: paddle sets OMP_NUM_THREADS=1 when it is unset.
 _ENV_THREADS = os.environ.get("OMP_NUM_THREADS")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m medseg.predict", description=__doc__,
+    p = ArgumentParser(prog="python -m medseg.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="experiment config (default for an exported model: its config.yml)")
     p.add_argument("-o", "--opts", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -40,7 +40,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from medseg.config import Config
-    from medseg.utils.cli import run_cli
     from medseg.export.meta import is_export_dir
     from medseg.predict.run import run_predict
 

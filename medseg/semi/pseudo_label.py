@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -29,9 +28,9 @@ from medseg.constants import LABELS
 from medseg.data.meta import META_COLUMNS, PREPARED_TAGS, SEMI_COLUMNS, meta_path, meta_tag, read_meta, sort_meta, write_meta
 from medseg.semi.leakage import DEFAULT_EXCLUDE, VALIDATION_TAG, LeakageError, check_no_leakage
 from medseg.semi.rules import PseudoLabelRules, pseudo_labels
+from medseg.utils.cli import ArgumentParser, run_cli
 from medseg.utils.logger import get_logger
 
-warnings.filterwarnings("ignore", message="No ccache found")
 
 logger = get_logger("semi.pseudo_label")
 
@@ -132,7 +131,7 @@ def summary(table: pd.DataFrame, sources: dict[str, int], slices_in: int) -> str
 
 
 def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m medseg.semi.pseudo_label", description=__doc__,
+    p = ArgumentParser(prog="python -m medseg.semi.pseudo_label", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the teacher's experiment YAML (model + val/infer transforms)")
     p.add_argument("-o", "--opts", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -161,7 +160,6 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
     from medseg.config import Config
     from medseg.data.build import eval_section
-    from medseg.utils.cli import run_cli
     from medseg.outputs.predictions import read_predictions
 
     def job() -> None:

@@ -19,6 +19,7 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from medseg.constants import LABELS
 from medseg.data.meta import SEMI_COLUMNS, meta_path, read_meta, write_meta
+from medseg.utils.cli import ArgumentParser, run_cli
 from medseg.utils.logger import get_logger
 
 logger = get_logger("semi.subset")
@@ -40,7 +41,7 @@ def split_labelled(meta: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.D
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medseg.semi.subset", description=__doc__,
+    p = ArgumentParser(prog="python -m medseg.semi.subset", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_root", required=True)
     p.add_argument("--split", default="train", help="labelled tag to split (default: train)")
@@ -49,18 +50,17 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--labelled_tag", default="train_labelled")
     p.add_argument("--unlabelled_tag", default="train_unlabelled")
     args = p.parse_args(list(argv) if argv is not None else None)
-    try:
+
+    def job() -> None:
         meta = read_meta(args.dataset_root, args.split, required=SEMI_COLUMNS)
         labelled, hidden = split_labelled(meta, args.fraction, args.seed)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for tag, frame in ((args.labelled_tag, labelled), (args.unlabelled_tag, hidden)):
-        path = meta_path(args.dataset_root, tag)
-        write_meta(path, frame)
-        logger.info("wrote %s: %d series, %d slices, %d patients", path, frame["series_id"].nunique(), len(frame),
-                    frame["patient_id"].nunique())
-    return 0
+        for tag, frame in ((args.labelled_tag, labelled), (args.unlabelled_tag, hidden)):
+            path = meta_path(args.dataset_root, tag)
+            write_meta(path, frame)
+            logger.info("wrote %s: %d series, %d slices, %d patients", path, frame["series_id"].nunique(), len(frame),
+                        frame["patient_id"].nunique())
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

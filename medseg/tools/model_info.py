@@ -28,6 +28,7 @@ from medseg.config import Config
 from medseg.models.classifier import ICHSequenceClassifier
 from medseg.models.encoders.swin import SwinTransformer
 from medseg.models.heads.base import SequenceHead
+from medseg.utils.cli import ArgumentParser, run_cli
 
 COUNTING = (
     "GFLOPs = 1e9 multiply-accumulates per slice: conv + linear layers over one slice through the "
@@ -132,7 +133,7 @@ def config_img_size(cfg: Config, default: int = 224) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m medseg.tools.model_info", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", nargs="+", required=True, help="YAML file(s) with a model: section")
     parser.add_argument("-o", "--opts", action="append", default=[], help="override key=value (repeatable)")
     parser.add_argument("--img_size", type=int, default=None, help="slice size if the config does not fix it (default 224)")
@@ -140,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq_len", type=int, default=40, help="series length for the sequence head's share")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table row per config")
     args = parser.parse_args(argv)
+    return run_cli(lambda: report(args))
+
+
+def report(args: argparse.Namespace) -> None:
+    """Build each config's model and print its table (or markdown rows)."""
     infos = []
     for path in args.config:
         cfg = Config(path, args.opts)
@@ -162,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"  GFLOPs per slice: {i.gflops:.3f} (encoder {i.encoder_gflops:.3f} + sequence head {i.head_gflops:.4f})")
     print(COUNTING.format(seq_len=args.seq_len))
-    return 0
 
 
 if __name__ == "__main__":

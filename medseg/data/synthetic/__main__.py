@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
+import sys
 
 from medseg.data.synthetic.cohort import format_summary, generate_cohort
 from medseg.data.synthetic.sites import SITES
+from medseg.utils.cli import ArgumentParser, run_cli
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m medseg.data.synthetic",
+def generate(argv: list[str] | None = None) -> dict:
+    """Parse the flags, write the cohort, print its summary; returns the summary."""
+    parser = ArgumentParser(prog="python -m medseg.data.synthetic",
                                      description="Write a synthetic RSNA-style head-CT cohort in the Kaggle layout.")
     parser.add_argument("--out", required=True, help="output folder (Kaggle layout)")
     parser.add_argument("--series", type=int, required=True, help="number of series (= studies)")
@@ -30,5 +32,9 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: generate(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 
-import medseg.dicom  # noqa: F401  (relaxed UID validation: RSNA IDs are not valid UIDs)
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
 from medseg.data.synthetic.quirks import encode_pixels
 from medseg.data.synthetic.series import SyntheticSeries
+from medseg.dicom.validation import disable_value_validation
 from medseg.utils.atomic import atomic_open
 
 
@@ -66,17 +66,21 @@ def _slice_dataset(series: SyntheticSeries, k: int, header: dict, pixels: bytes)
 
 
 def write_series(series: SyntheticSeries, folder: str, truncate_slice: int | None = None) -> list[str]:
-    """Write every slice of ``series`` into ``folder`` atomically; return the file paths."""
+    """Write every slice of ``series`` into ``folder`` atomically; return the file paths.
+
+    RSNA-style ids (``ID_<hex>``) are not valid UIDs: pydicom's validation is off while the
+    datasets are built and written (``medseg.dicom.validation``)."""
     raw, pixel_tags = encode_pixels(series.hu, series.quirk, series.fov)
-    header = _series_header(series, pixel_tags)
     paths = []
-    for k in range(len(series.sop_ids)):
-        data = raw[k].astype(raw.dtype.newbyteorder("<"), copy=False).tobytes()
-        if k == truncate_slice:
-            data = data[: (len(data) // 2) & ~1]
-        ds = _slice_dataset(series, k, header, data)
-        path = os.path.join(folder, f"{series.sop_ids[k]}.dcm")
-        with atomic_open(path, "wb") as fh:
-            pydicom.dcmwrite(fh, ds, enforce_file_format=True)
-        paths.append(path)
+    with disable_value_validation():
+        header = _series_header(series, pixel_tags)
+        for k in range(len(series.sop_ids)):
+            data = raw[k].astype(raw.dtype.newbyteorder("<"), copy=False).tobytes()
+            if k == truncate_slice:
+                data = data[: (len(data) // 2) & ~1]
+            ds = _slice_dataset(series, k, header, data)
+            path = os.path.join(folder, f"{series.sop_ids[k]}.dcm")
+            with atomic_open(path, "wb") as fh:
+                pydicom.dcmwrite(fh, ds, enforce_file_format=True)
+            paths.append(path)
     return paths
