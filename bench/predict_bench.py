@@ -21,11 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
-warnings.filterwarnings("ignore", message="No ccache found")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 CONFIG = os.path.join(ROOT, "config", "demo_cpu.yml")
 TARGET_S, TARGET_SPEEDUP, TARGET_GIB = 3.0, 1.5, 3.0
 

@@ -25,25 +25,21 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import numpy as np
+import psutil
+import pydicom
+from pydicom.pixels import apply_modality_lut
 
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-import pydicom  # noqa: E402
-from pydicom.pixels import apply_modality_lut  # noqa: E402
-
-from medseg.constants import DEFAULT_WINDOWS, TEST_DIR, TRAIN_DIR  # noqa: E402
-from medseg.data.prepare import list_dicom_files, prepare  # noqa: E402
-from medseg.data.synthetic import generate_cohort  # noqa: E402
-from medseg.dicom.validation import disable_value_validation  # noqa: E402
-from medseg.utils.logger import setup_logger  # noqa: E402
+from medseg.constants import DEFAULT_WINDOWS, TEST_DIR, TRAIN_DIR
+from medseg.data.prepare import list_dicom_files, prepare
+from medseg.data.synthetic import generate_cohort
+from medseg.dicom.validation import disable_value_validation
+from medseg.utils.logger import setup_logger
 
 
 def _floor_one(path: str) -> int:

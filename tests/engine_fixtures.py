@@ -14,14 +14,10 @@ import pandas as pd
 import paddle
 import paddle.nn as nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from medseg.constants import DEFAULT_WINDOWS, LABELS  # noqa: E402
-from medseg.data.cache import LEGACY_SUFFIX, SUFFIX, write_cache_file  # noqa: E402
-from medseg.registry import MODELS  # noqa: E402
-from medseg.utils.atomic import atomic_save_npy, atomic_write_csv  # noqa: E402
+from medseg.constants import DEFAULT_WINDOWS, LABELS
+from medseg.data.cache import LEGACY_SUFFIX, SUFFIX, write_cache_file
+from medseg.registry import MODELS
+from medseg.utils.atomic import atomic_save_npy, atomic_write_csv
 
 
 if "TinySeriesNet" not in MODELS:

@@ -9,15 +9,17 @@ import sys
 import pandas as pd
 import pytest
 
-import infer
 from engine_fixtures import make_prepared, write_config
+from medseg.tools import infer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "engine_fixtures.py")
 
 
 def env():
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # The launched script lives in tests/: PYTHONPATH gives its processes this checkout, as an
+    # installed package would (the shared test environment must not have it installed).
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=os.path.dirname(HERE))
     e.pop("MEDSEG_TEST_DIE_RANK", None)
     return e
 

