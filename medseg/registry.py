@@ -74,7 +74,6 @@ LOSSES = _manager("losses")
 METRICS = _manager("metrics")
 OPTIMIZERS = _manager("optimizers")
 SCHEDULERS = _manager("schedulers")
-PLUGINS = _manager("plugins")
 
 
 def lookup(name: str, managers: Iterable[ComponentManager] | None = None, where: str = "") -> Callable:

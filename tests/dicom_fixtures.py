@@ -8,6 +8,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
+from medseg.dicom.modality import modality_params, raw_to_hu
+from medseg.dicom.pixels import read_pixels
 from medseg.dicom.validation import disable_value_validation
 
 
@@ -56,6 +58,12 @@ def ct_dataset(sop_id: str, series_id: str, hu: np.ndarray, z: float, instance: 
         raise ValueError(quirk)
     ds.PixelData = data.tobytes()
     return ds
+
+
+def read_hu(path: str, map_padding: bool = True) -> np.ndarray:
+    """One slice in HU through the reader: pydicom's decode, then our modality rules."""
+    ds, raw = read_pixels(path)
+    return raw_to_hu(raw, modality_params(ds), map_padding=map_padding)
 
 
 @disable_value_validation()

@@ -17,7 +17,7 @@ import paddle.nn as nn
 from medseg.constants import DEFAULT_WINDOWS, LABELS
 from medseg.data.cache import LEGACY_SUFFIX, SUFFIX, write_cache_file
 from medseg.registry import MODELS
-from medseg.utils.atomic import atomic_save_npy, atomic_write_csv
+from medseg.data.meta import meta_path, write_meta
 
 
 if "TinySeriesNet" not in MODELS:
@@ -71,7 +71,7 @@ def make_prepared(root: str, splits: dict[str, int] | None = None, size: int = 4
                 y0, x0 = int(rng.integers(0, 6)), int(rng.integers(0, 6))
                 boxes.append((y0, size - int(rng.integers(0, 6)), x0, size - int(rng.integers(0, 6))))
             if legacy:
-                atomic_save_npy(os.path.join(root, cache), volume)
+                np.save(os.path.join(root, cache), volume)  # the old uncompressed cache format
             else:
                 write_cache_file(os.path.join(root, cache), (size, size), DEFAULT_WINDOWS,
                                  ((b, volume[i, b[0]:b[1], b[2]:b[3]], None) for i, b in enumerate(boxes)))
@@ -83,7 +83,7 @@ def make_prepared(root: str, splits: dict[str, int] | None = None, size: int = 4
                 for j, name in enumerate(LABELS):
                     row[name] = np.nan if split == "test" else labels[i, j]
                 rows.append(row)
-        atomic_write_csv(os.path.join(root, f"{split}_meta.csv"), pd.DataFrame(rows))
+        write_meta(meta_path(root, split), pd.DataFrame(rows))
     return root
 
 

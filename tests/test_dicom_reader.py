@@ -12,13 +12,13 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import MPEG2MPML
 
-from dicom_fixtures import ct_dataset, phantom, save
+from dicom_fixtures import ct_dataset, phantom, read_hu, save
 from medseg.data.series_volume import word_lut
 from medseg.data.windows import DEFAULT_WINDOWS, apply_windows
 from medseg.dicom import errors
 from medseg.dicom.header import first_value, read_header
 from medseg.dicom.modality import AIR_HU, modality_params, raw_to_hu, word_values
-from medseg.dicom.pixels import decode_pixels, read_hu, read_native_words, read_pixels, read_words
+from medseg.dicom.pixels import decode_pixels, read_native_words, read_pixels, read_words
 
 REAL_CT = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")
 

@@ -12,6 +12,8 @@ import pytest
 from engine_fixtures import make_prepared, write_config
 from medseg.tools import infer
 
+pytestmark = pytest.mark.slow  # multi-process (paddle.distributed.launch)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "engine_fixtures.py")
 

@@ -104,6 +104,7 @@ def test_exported_model_equals_dygraph(exported, batch, slices, real_of_last):
         np.testing.assert_allclose(got[-1, :real_of_last], alone[0], rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow  # end to end / a second export
 def test_predict_with_export_equals_predict_with_checkpoint(exported):
     root = exported["root"]
     study = root / "dicom"
@@ -182,6 +183,7 @@ def test_mismatched_preprocessing_is_refused(exported, tmp_path, capsys):
     assert rc == 2 and "exported for windows" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # end to end / a second export
 def test_onnx_is_optional(exported, tmp_path, capsys):
     """``--onnx`` converts and checks when paddle2onnx is installed; otherwise it says what is
     missing (exit 2) and the Paddle Inference export is still complete."""

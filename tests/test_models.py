@@ -262,6 +262,7 @@ def test_yaml_builds_nested_encoder_and_head():
         ICHSequenceClassifier({"arch": "resnet18"})
 
 
+@pytest.mark.slow  # full-size model
 def test_paper_configuration_has_95_98_million_parameters():
     cfg = Config(os.path.join(BASE_MODELS, "swin_base_paper.yml"))
     model = cfg.build("model")  # no forward at 224 px: construction only
@@ -275,6 +276,7 @@ def test_paper_configuration_has_95_98_million_parameters():
     assert abs(params(model) - 95.98e6) <= 0.005 * 95.98e6
 
 
+@pytest.mark.slow  # full-size model
 def test_all_base_model_configs_build():
     for name in ("swin_tiny", "resnet18", "resnet50", "densenet121", "demo_cnn"):
         model = Config(os.path.join(BASE_MODELS, f"{name}.yml")).build("model")
@@ -307,6 +309,7 @@ def test_paddle_vision_key_fixture_is_current():
     assert current == read_keys("paddle_vision_resnet18_keys.txt")
 
 
+@pytest.mark.slow  # full-size model
 def test_load_paddleclas_swin_weights_from_safetensors(tmp_path):
     from safetensors.numpy import save_file
 
@@ -324,6 +327,7 @@ def test_load_paddleclas_swin_weights_from_safetensors(tmp_path):
     np.testing.assert_array_equal(enc.state_dict()[key].numpy(), state[key])
 
 
+@pytest.mark.slow  # full-size model
 def test_load_paddle_vision_resnet_weights_from_pdparams(tmp_path):
     state = random_state(read_keys("paddle_vision_resnet18_keys.txt"))
     state["fc.weight"] = np.random.RandomState(1).randn(512, 6).astype("float32")  # a 6-class fine-tune

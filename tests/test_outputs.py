@@ -155,6 +155,7 @@ def test_submission_duplicates(tmp_path):
         write_submission(str(pred_path), str(_sample(tmp_path, ["ID_1"])), str(tmp_path / "o.csv"))
 
 
+@pytest.mark.slow  # a tool process
 def test_submission_cli_exit_codes(tmp_path):
     pred_path = tmp_path / "pred.csv"
     _pred_frame(["ID_1"]).to_csv(pred_path, index=False)

@@ -15,6 +15,8 @@ from medseg.outputs.predictions import read_predictions
 from medseg.predict.__main__ import main as predict_main
 from tests.predict_fixtures import SYNTH_SLICES, tree_state, write_checkpoint, write_config, write_strays, write_study
 
+pytestmark = pytest.mark.slow  # end to end: DICOM folder -> predictions and report
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):

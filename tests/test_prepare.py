@@ -23,6 +23,8 @@ from medseg.data.meta import META_COLUMNS
 from medseg.data.prepare import main, prepare
 from medseg.data.windows import apply_windows
 
+pytestmark = pytest.mark.slow  # multi-process prepare runs, kill -9
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -17,6 +17,8 @@ from medseg.data.synthetic.quirks import PIXEL_QUIRKS, WINDOW_MODES
 from medseg.data.synthetic.series import synthesize_series
 from medseg.data.windows import apply_windows
 
+pytestmark = pytest.mark.slow  # end to end: synthetic cohort -> prepare with workers
+
 N_SERIES, SIZE, SLICES = 6, 64, 8
 
 

@@ -6,7 +6,14 @@ from medseg import registry
 from medseg.config import Config
 from medseg.registry import ComponentManager, ConfigError, build
 
-TOY = registry.PLUGINS
+TOY = ComponentManager("toy")  # the test's own kind: its components stay out of the real managers
+
+
+@pytest.fixture(autouse=True)
+def toy_manager():
+    registry._ALL_MANAGERS.append(TOY)  # found by builds that name no manager, as the real ones are
+    yield
+    registry._ALL_MANAGERS.remove(TOY)
 
 
 @TOY.add_component(name="_ToyLeaf")

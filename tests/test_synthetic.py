@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import pydicom
+from dicom_fixtures import read_hu
 from medseg.constants import LABELS, SAMPLE_SUBMISSION_CSV, SUBTYPES, TEST_DIR, TEST_TRUTH_CSV, TRAIN_CSV, TRAIN_DIR
 from medseg.data.synthetic import (PIXEL_QUIRKS, WINDOW_MODES, generate_cohort, min_positive_pixels, plan_series,
                                    synthesize_series)
@@ -20,7 +21,6 @@ from medseg.data.synthetic.anatomy import build_head, draw_head_params
 from medseg.data.synthetic.dicom_writer import write_series
 from medseg.data.synthetic.lesions import _extra_axial, _intraparenchymal, _subarachnoid
 from medseg.data.synthetic.sites import SITES, SiteParams, parse_sites
-from medseg.dicom.pixels import read_hu
 from medseg.dicom.validation import convert_elements, disable_value_validation
 
 SEED, N_SERIES, SIZE, SLICES = 11, 6, 64, 5
@@ -202,6 +202,7 @@ def test_csvs_match_kaggle_and_the_truth(cohort):
     assert train_summary["prevalence"]["any"] == round(float(unique[:, 5].mean()), 4)
 
 
+@pytest.mark.slow  # multi-process
 def test_same_seed_same_bytes_any_workers_other_seed_differs(cohort, tmp_path):
     out, _, _ = cohort
     again = str(tmp_path / "again")

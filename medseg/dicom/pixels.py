@@ -9,7 +9,7 @@ import pydicom
 
 from medseg.dicom.errors import MissingPixelDataError, TruncatedPixelDataError, UnsupportedImageError
 from medseg.dicom.header import NATIVE_LITTLE_ENDIAN, check_ct_slice, check_transfer_syntax, read_dataset
-from medseg.dicom.modality import WordLayout, modality_params, raw_to_hu, word_layout
+from medseg.dicom.modality import WordLayout, word_layout
 
 
 def _check_pixel_module(ds: pydicom.Dataset, path: str) -> None:
@@ -92,8 +92,3 @@ def read_pixels(path: str) -> tuple[pydicom.Dataset, np.ndarray]:
     ds = read_dataset(path)
     return ds, decode_pixels(ds, path)
 
-
-def read_hu(path: str, map_padding: bool = True) -> np.ndarray:
-    """One CT slice in HU (float32). See :func:`medseg.dicom.modality.raw_to_hu` for ``map_padding``."""
-    ds, raw = read_pixels(path)
-    return raw_to_hu(raw, modality_params(ds), map_padding=map_padding)

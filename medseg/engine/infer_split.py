@@ -15,7 +15,8 @@ from medseg.engine import distributed as dist
 from medseg.engine.evaluator import predict_dataset
 from medseg.engine.metrics import WeightedLogLoss
 from medseg.outputs.calibrate import apply_calibration, load_calibration
-from medseg.utils.atomic import atomic_write_csv, atomic_write_json
+from medseg.outputs.predictions import write_predictions
+from medseg.utils.atomic import atomic_write_json
 from medseg.utils.logger import get_logger
 
 logger = get_logger("infer")
@@ -55,7 +56,7 @@ def infer_split(cfg: Config, resume_model: str, split: str, output: str, num_wor
         metric = cfg.build("metric") if "metric" in cfg else WeightedLogLoss()
         metrics = metric(labels, frame[list(LABELS)].to_numpy())
     if dist.is_main():
-        atomic_write_csv(output, frame[["slice_id", "series_id", *LABELS]])
+        write_predictions(output, frame)
         logger.info("wrote %d predictions to %s", len(frame), output)
         if metrics is not None:
             atomic_write_json(metrics_path(output), metrics)

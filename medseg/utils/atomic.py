@@ -16,7 +16,6 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-import numpy as np
 
 
 @contextlib.contextmanager
@@ -46,12 +45,6 @@ def atomic_write_text(path: str, text: str, durable: bool = True) -> None:
 
 def atomic_write_json(path: str, obj: Any, durable: bool = True) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", durable=durable)
-
-
-def atomic_save_npy(path: str, array: np.ndarray) -> None:
-    """``np.save`` atomically (uncompressed ``.npy``, so readers can memory-map it)."""
-    with atomic_open(path, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
 
 
 def atomic_write_csv(path: str, frame: Any, **kwargs: Any) -> None:

@@ -431,15 +431,3 @@ class SwinTransformer(SliceEncoder):
                 h, w = blk.input_resolution
                 total += blk.attn.matmul_macs(h * w)
         return total
-
-
-def swin_tiny(**kwargs) -> SwinTransformer:
-    return SwinTransformer(variant="tiny", **kwargs)
-
-
-def swin_small(**kwargs) -> SwinTransformer:
-    return SwinTransformer(variant="small", **kwargs)
-
-
-def swin_base(**kwargs) -> SwinTransformer:
-    return SwinTransformer(variant="base", **kwargs)
