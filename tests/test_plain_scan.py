@@ -6,6 +6,7 @@ import os
 
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
@@ -13,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_fixtures import ct_dataset, phantom, save
 from medseg.dicom import header as header_module
-from medseg.dicom.plain_scan import HEAD_BYTES, PlainValues, scan_plain
+from medseg.dicom.plain_scan import HEAD_BYTES, PIXEL_DATA, PlainValues, scan_plain
 from medseg.dicom.validation import disable_value_validation
 
 
@@ -107,3 +108,120 @@ def test_truncated_and_foreign_files_go_to_pydicom(tmp_path, monkeypatch):
 def test_asking_for_an_unread_keyword_is_an_error():
     with pytest.raises(KeyError):
         PlainValues().get("PatientName")
+
+
+# --- random and corrupted headers against pydicom itself ------------------------------------------
+
+# Bytes a value of each VR may hold here, odd ones included (letters in numbers, separators, NUL,
+# control and non-ASCII bytes): what real files and a fuzzer put there.
+_ALPHABETS = {
+    "DS": b"0123456789.-+eE \\", "IS": b"0123456789-+ \\", "UI": b"0123456789.ID_abcdef\x00",
+    "CS": b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_ \\", "LO": b"abcXYZ019 _-\\", "SH": b"abcXYZ019 _-\\",
+}
+_ODD = b"\x00\x01\x7f\xe9\xff"
+
+
+def _random_value(rng, vr: str) -> bytes:
+    alphabet = _ALPHABETS.get(vr, b"0123456789")
+    if rng.random() < (0.5 if vr in ("LO", "SH") else 0.1):  # text: its decoding depends on the character set
+        alphabet += _ODD
+    n = int(rng.integers(0, 14))
+    value = bytes(int(b) for b in rng.choice(list(alphabet), size=n))
+    return value + (b" " if len(value) % 2 else b"")  # even length, as DICOM requires
+
+
+def _random_header(rng) -> Dataset:
+    """A CT slice whose header elements are randomly removed, garbled, multi-valued or binary."""
+    import struct
+
+    from medseg.dicom.plain_scan import KEYWORDS
+
+    quirk = ["signed", "unsigned", "bug12"][int(rng.integers(3))]
+    ds = ct_dataset("ID_r", "ID_s", phantom(16, 0), float(rng.normal()), int(rng.integers(1, 99)), quirk=quirk)
+    with disable_value_validation():
+        for keyword in KEYWORDS:
+            tag = tag_for_keyword(keyword)
+            vr = dictionary_VR(tag)
+            roll = rng.random()
+            if roll < 0.15 and keyword not in ("Rows", "Columns", "BitsAllocated", "PixelRepresentation"):
+                if keyword in ds:
+                    del ds[keyword]
+            elif roll < 0.45 and len(vr) == 2 and vr in _ALPHABETS:
+                value = _random_value(rng, vr)
+                ds[tag] = RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, True)
+            elif roll < 0.5 and vr in ("US", "SS", "US or SS"):
+                ds[tag] = RawDataElement(BaseTag(tag), "SS" if vr == "SS" else "US", 2,
+                                         struct.pack("<H", int(rng.integers(0, 65536))), 0, False, True)
+        if rng.random() < 0.3:  # text of non-ASCII bytes decodes by the character set
+            ds.SpecificCharacterSet = ["ISO_IR 100", "ISO_IR 192", "ISO_IR 144"][int(rng.integers(3))]
+        if rng.random() < 0.3:  # a private element in the way
+            ds.add_new(0x00091010 + 2 * int(rng.integers(8)), "LO", "x" * int(rng.integers(0, 20)))
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if rng.random() < 0.5 else ImplicitVRLittleEndian
+    return ds
+
+
+def _corrupt(rng, data: bytes) -> bytes:
+    """One random corruption: bytes flipped, a cut, or bytes inserted, anywhere after the preamble."""
+    pos = int(rng.integers(128, len(data)))
+    kind = rng.integers(3)
+    if kind == 0:
+        n = int(rng.integers(1, 4))
+        return data[:pos] + bytes(rng.integers(0, 256, size=n, dtype="uint8")) + data[pos + n:]
+    if kind == 1:
+        return data[:pos]
+    return data[:pos] + bytes(rng.integers(0, 256, size=int(rng.integers(1, 9)), dtype="uint8")) + data[pos:]
+
+
+def _pydicom_view(path: str):
+    """What pydicom reads: (transfer syntax, keyword values, PixelData length and offset), or the
+    name of the error it raises."""
+    import warnings
+
+    import pydicom
+
+    from medseg.dicom.plain_scan import KEYWORDS
+
+    try:
+        with disable_value_validation(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size=256)
+            values = {keyword: repr(ds.get(keyword)) for keyword in KEYWORDS}
+            pixels = ds.get_item(PIXEL_DATA, keep_deferred=True)
+            return str(ds.file_meta.get("TransferSyntaxUID", "")), values, (pixels.length, pixels.value_tell)
+    except Exception as exc:  # noqa: BLE001  (any failure: the plain scan must then step aside)
+        return type(exc).__name__
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the deliberately odd bytes
+@pytest.mark.parametrize("corrupted", [False, True])
+def test_plain_scan_agrees_with_pydicom_on_random_headers(tmp_path, corrupted):
+    """Whenever the plain scan takes a file, every value it returns is the one pydicom reads;
+    whatever pydicom rejects, the plain scan leaves to it."""
+    import numpy as np
+
+    from medseg.dicom.plain_scan import KEYWORDS
+
+    rng = np.random.default_rng(1234 + corrupted)
+    taken = 0
+    for i in range(150):
+        path = str(tmp_path / f"ID_{i}.dcm")
+        try:
+            save(_random_header(rng), path)
+        except (UnicodeError, TypeError, ValueError):  # pydicom cannot write this one: nothing to compare
+            continue
+        if corrupted:
+            with open(path, "rb") as fh:
+                data = _corrupt(rng, fh.read())
+            with open(path, "wb") as fh:
+                fh.write(data)
+        plain = scan_plain(path)
+        if plain is None:
+            continue
+        taken += 1
+        reference = _pydicom_view(path)
+        assert not isinstance(reference, str), f"file {i}: plain scan read a file pydicom rejects ({reference})"
+        tsyntax, values, pixels = reference
+        assert plain.transfer_syntax == tsyntax, i
+        assert {keyword: repr(plain.values.get(keyword)) for keyword in KEYWORDS} == values, i
+        assert (plain.pixel_length, plain.pixel_offset) == pixels, i
+    assert taken >= (10 if corrupted else 50), taken  # the comparison ran on many files, not on none
