@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine_fixtures import make_prepared
 from medseg.constants import LABELS
 from medseg.data.cache import read_crops
 from medseg.data.collate import collate_series
@@ -20,8 +19,8 @@ from medseg.registry import build
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_prepared(str(tmp_path_factory.mktemp("prepared")), {"train": 4, "val": 3, "test": 2}, size=40)
+def root(prepared_dataset):
+    return prepared_dataset({"train": 4, "val": 3, "test": 2}, size=40)
 
 
 def eval_transforms(size=32):
@@ -139,12 +138,12 @@ def test_concat_datasets(root):
     assert len(both) == 7 and both[(5, 0)]["series_id"] == b.series_ids[1] and both.num_slices(4) == b.num_slices(0)
 
 
-def test_missing_root_meta_and_cache_name_the_path(root, tmp_path):
+def test_missing_root_meta_and_cache_name_the_path(root, prepared_dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere: dataset root not found"):
         RSNASeriesDataset(str(tmp_path / "nowhere"), "train", eval_transforms())
     with pytest.raises(FileNotFoundError, match=r"nosuch_meta.csv: meta file not found"):
         RSNASeriesDataset(root, "nosuch", eval_transforms())
-    broken = make_prepared(str(tmp_path / "broken"), {"train": 2}, size=40)
+    broken = prepared_dataset({"train": 2}, size=40)
     victim = pd.read_csv(os.path.join(broken, "train_meta.csv")).cache.iloc[-1]
     os.remove(os.path.join(broken, victim))
     with pytest.raises(FileNotFoundError, match=f"{victim}: cache file missing"):

@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
-from engine_fixtures import TinySeriesNet, make_prepared
+from engine_fixtures import TinySeriesNet
 from medseg.config import Config
 from medseg.data.dataset import RSNASeriesDataset
 from medseg.data.transforms import Normalize, Resize, ToCHW
@@ -126,8 +126,8 @@ def test_rng_state_round_trip():
     assert a[0] == b[0] and np.array_equal(a[1], b[1])
 
 
-def test_predict_one_row_per_real_slice_in_order(tmp_path):
-    root = make_prepared(str(tmp_path / "p"), {"val": 4}, size=40)
+def test_predict_one_row_per_real_slice_in_order(prepared_dataset):
+    root = prepared_dataset({"val": 4}, size=40)
     ds = RSNASeriesDataset(root, "val", [Resize(32), Normalize(), ToCHW()])
     model = TinySeriesNet(width=4)
     frame, labels = predict_dataset(model, ds, batch_size=3, sharded=False)

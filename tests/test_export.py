@@ -19,7 +19,7 @@ from medseg.export import ExportedModel, create_predictor, read_meta, run_predic
 from medseg.export.meta import graph_files
 from medseg.models.outputs import prediction_logits
 from medseg.predict.__main__ import main as predict_main
-from tests.predict_fixtures import SIZE, write_checkpoint, write_config, write_study
+from tests.predict_fixtures import SIZE, write_checkpoint, write_config
 
 ATOL = 1e-5
 
@@ -105,10 +105,8 @@ def test_exported_model_equals_dygraph(exported, batch, slices, real_of_last):
 
 
 @pytest.mark.slow  # end to end / a second export
-def test_predict_with_export_equals_predict_with_checkpoint(exported):
-    root = exported["root"]
-    study = root / "dicom"
-    write_study(str(study))
+def test_predict_with_export_equals_predict_with_checkpoint(exported, dicom_study):
+    root, study = exported["root"], dicom_study[0]
     runs = {}
     for name, model in (("ckpt", exported["checkpoint"]), ("export", exported["save_dir"])):
         args = ["--model", model, "--dicom_dir", str(study), "--out", str(root / name), "--no_progress"]
@@ -132,16 +130,9 @@ HEADS = {
 HEAD_CASES = [("transformer", False), ("transformer", True), ("bigru", False), ("bigru", True), ("slice_only", False)]
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("study")
-    write_study(str(folder))
-    return folder
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("head,residual", HEAD_CASES)
-def test_every_head_exports_and_predicts_like_its_checkpoint(head, residual, study, tmp_path):
+def test_every_head_exports_and_predicts_like_its_checkpoint(head, residual, dicom_study, tmp_path):
     """``medseg.predict`` on the exported folder equals it on the checkpoint, and so does the
     single-graph export (``model.json``), residual slice logits included."""
     config = write_config(str(tmp_path / "model.yml"), HEADS[head] + f"  residual: {str(residual).lower()}\n")
@@ -150,7 +141,7 @@ def test_every_head_exports_and_predicts_like_its_checkpoint(head, residual, stu
     assert export_main(["--config", config, "--model", checkpoint, "--save_dir", save_dir]) == 0
     runs = {}
     for name, model in (("ckpt", checkpoint), ("export", save_dir)):
-        args = ["--model", model, "--dicom_dir", str(study), "--out", str(tmp_path / name), "--no_progress"]
+        args = ["--model", model, "--dicom_dir", str(dicom_study[0]), "--out", str(tmp_path / name), "--no_progress"]
         if name == "ckpt":
             args += ["--config", config]
         assert predict_main(args) == 0

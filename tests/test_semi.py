@@ -7,7 +7,7 @@ import pandas as pd
 import paddle
 import pytest
 
-from engine_fixtures import TinySeriesNet, make_prepared, write_config
+from engine_fixtures import TinySeriesNet, write_config
 from medseg.constants import LABELS
 from medseg.data.mixing import MixedSeriesDataset, source_counts
 from medseg.data.meta import META_COLUMNS, read_meta
@@ -25,9 +25,8 @@ TRANSFORMS = [Resize(16), Normalize(), ToCHW()]
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_prepared(str(tmp_path_factory.mktemp("prepared")), {"train": 4, "val": 3, "test": 4}, size=24,
-                         min_slices=3, max_slices=5)
+def root(prepared_dataset):
+    return prepared_dataset({"train": 4, "val": 3, "test": 4}, size=24, min_slices=3, max_slices=5)
 
 
 def fake_predictions(meta: pd.DataFrame, values: np.ndarray) -> pd.DataFrame:

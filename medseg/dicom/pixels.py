@@ -91,4 +91,3 @@ def read_pixels(path: str) -> tuple[pydicom.Dataset, np.ndarray]:
     path = str(path)
     ds = read_dataset(path)
     return ds, decode_pixels(ds, path)
-

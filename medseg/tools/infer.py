@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.resume_model if os.path.isdir(args.resume_model) else os.path.dirname(args.resume_model)
         output = args.output or os.path.join(model_dir, f"predictions_{args.split}.csv")
         _, metrics = infer_split(cfg, args.resume_model, args.split, output, args.num_workers,
-                                   args.multigpu_infer, args.batch_size, calibrate=not args.no_calibration)
+                                 args.multigpu_infer, args.batch_size, calibrate=not args.no_calibration)
         if metrics is not None and dist.is_main():
             print(json.dumps(metrics, indent=2, sort_keys=True))
 

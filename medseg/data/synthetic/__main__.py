@@ -12,7 +12,7 @@ from medseg.utils.cli import ArgumentParser, run_cli
 def generate(argv: list[str] | None = None) -> dict:
     """Parse the flags, write the cohort, print its summary; returns the summary."""
     parser = ArgumentParser(prog="python -m medseg.data.synthetic",
-                                     description="Write a synthetic RSNA-style head-CT cohort in the Kaggle layout.")
+                            description="Write a synthetic RSNA-style head-CT cohort in the Kaggle layout.")
     parser.add_argument("--out", required=True, help="output folder (Kaggle layout)")
     parser.add_argument("--series", type=int, required=True, help="number of series (= studies)")
     parser.add_argument("--seed", type=int, default=0)
