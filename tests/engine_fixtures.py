@@ -16,8 +16,8 @@ import paddle.nn as nn
 
 from medseg.constants import DEFAULT_WINDOWS, LABELS
 from medseg.data.cache import LEGACY_SUFFIX, SUFFIX, write_cache_file
-from medseg.registry import MODELS
 from medseg.data.meta import meta_path, write_meta
+from medseg.registry import MODELS
 
 
 if "TinySeriesNet" not in MODELS:

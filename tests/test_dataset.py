@@ -196,11 +196,11 @@ def test_max_slices_takes_a_reproducible_run_of_consecutive_slices(root):
         RSNASeriesDataset(root, "val", eval_transforms(32), max_slices=0)
 
 
-def test_old_format_cache_reads_like_the_new_one(tmp_path, caplog):
+def test_old_format_cache_reads_like_the_new_one(prepared_dataset, caplog):
     """A dataset prepared before the compressed cache (full-frame .npy) still loads, the same
     items, with a note to rerun prepare."""
-    new = make_prepared(str(tmp_path / "new"), {"val": 2}, size=40)
-    old = make_prepared(str(tmp_path / "old"), {"val": 2}, size=40, legacy=True)
+    new = prepared_dataset({"val": 2}, size=40)
+    old = prepared_dataset({"val": 2}, size=40, legacy=True)
     a, b = RSNASeriesDataset(new, "val", eval_transforms()), RSNASeriesDataset(old, "val", eval_transforms())
     assert a.cache_paths[0].endswith(".hcc") and b.cache_paths[0].endswith(".npy")
     with caplog.at_level("WARNING", logger="medseg.data.dataset"):
@@ -209,8 +209,8 @@ def test_old_format_cache_reads_like_the_new_one(tmp_path, caplog):
     assert sum("old-format cache" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_corrupt_cache_names_the_file(tmp_path):
-    root = make_prepared(str(tmp_path / "p"), {"val": 1}, size=40)
+def test_corrupt_cache_names_the_file(prepared_dataset):
+    root = prepared_dataset({"val": 1}, size=40)
     ds = RSNASeriesDataset(root, "val", eval_transforms())
     os.truncate(ds.cache_paths[0], os.path.getsize(ds.cache_paths[0]) - 3)
     with pytest.raises(ValueError, match=r"ID_val000\.hcc: no cache footer.*rerun the prepare step"):

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 
-
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", durable: bool = True, **kwargs: Any) -> Iterator[IO]:
     """Open a temporary sibling of ``path``; rename over ``path`` only if the block succeeds
