@@ -57,6 +57,9 @@ def _cases(tmp) -> dict[str, tuple[list[str], str]]:
             "file not found"),
         "report: empty tables": (
             [PY, "-m", "medseg.outputs.report", "--pred", str(a_file), "--truth", str(a_file), "--out", str(tmp / "r")], "empty"),
+        "calibrate: predictions missing": (
+            [PY, "-m", "medseg.outputs.calibrate", "--pred", missing, "--truth", missing, "--out", str(tmp / "c.json")],
+            "missing"),
         "ensemble: empty input": ([PY, "-m", "medseg.outputs.ensemble", "--inputs", str(a_file), "--out", str(tmp / "x.csv")], "empty"),
         "subset: no prepared dataset": (
             [PY, "-m", "medseg.semi.subset", "--dataset_root", missing], "train_meta.csv: meta file not found"),
@@ -88,6 +91,7 @@ CASES = [
     "synthetic: --out is a file", "synthetic: --series 0", "model_info: config missing", "model_info: unknown type",
     "train: no --config", "train: invalid YAML", "infer: checkpoint missing", "export: checkpoint missing",
     "predict: model missing", "submission: predictions missing", "report: empty tables", "ensemble: empty input",
+    "calibrate: predictions missing",
     "subset: no prepared dataset", "pseudo_label: --out outside the dataset root", "pseudo_label: --out not a meta table",
 ]
 

@@ -10,7 +10,8 @@ data, GPUs or hours):
   Swin at 32 px and 2 iterations (``_tiny_config``); the demo config is used as it is;
 * ``--nproc_per_node 4`` becomes 2 (two CPU processes, gloo), ``--workers 8`` becomes 2, the
   synthetic cohort's ``--series 100 --size 256`` becomes ``--series 4 --size 64``;
-* ``VAL_PRED.csv``/``TRUTH.csv`` are the test split's predictions and the cohort's test truth,
+* ``VAL_PRED.csv``/``TRUTH.csv``/``VAL_TRUTH.csv`` are the test split's predictions and the
+  cohort's test truth, ``CONFIG`` and ``output/x`` the (tiny) paper config and its run,
   ``a.csv``/``b.csv`` the test split's predictions twice; ``script/pseudo_label.sh`` runs with
   ``NUM_WORKERS=0``.
 
@@ -114,6 +115,9 @@ def workspace(tmp_path_factory):
         "/path/to/study": os.path.join(raw, "stage_2_test"),
         "VAL_PRED.csv": str(tmp / "output" / "paper" / "test.csv"),
         "TRUTH.csv": os.path.join(raw, "stage_2_test_truth.csv"),
+        "VAL_TRUTH.csv": os.path.join(raw, "stage_2_test_truth.csv"),
+        "CONFIG": str(tmp / "paper.yml"),
+        "output/x": str(tmp / "output" / "paper"),
         "a.csv": str(tmp / "output" / "paper" / "test.csv"),
         "b.csv": str(tmp / "output" / "paper" / "test.csv"),
         "data/rsna_prepared": prepared,

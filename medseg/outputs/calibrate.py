@@ -27,6 +27,7 @@ from scipy.special import expit, logit
 
 from medseg.constants import CLASS_WEIGHTS, LABELS
 from medseg.utils.atomic import atomic_write_json
+from medseg.utils.cli import ArgumentParser, run_cli
 from medseg.utils.logger import get_logger
 
 logger = get_logger("outputs.calibrate")
@@ -173,7 +174,7 @@ def _predict_val(config: str, overrides: list[str], resume_model: str, split: st
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m medseg.outputs.calibrate", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m medseg.outputs.calibrate", description=__doc__.split("\n")[0])
     p.add_argument("--pred", help="uncalibrated validation predictions CSV (infer.py --no_calibration)")
     p.add_argument("--truth", help="their truth (Kaggle ID,Label or a predictions-style table of 0/1)")
     p.add_argument("--config", help="instead of --pred/--truth: predict --split with this config ...")
@@ -192,7 +193,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out or calibration_path(args.resume_model)
-    try:
+
+    def job() -> None:
         if args.pred:
             probs, labels = _aligned(args.pred, args.truth)
             source = args.pred
@@ -201,15 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             probs, labels = _predict_val(args.config, args.overrides, args.resume_model, args.split, csv)
             source = csv
         cal = fit_calibration(probs, labels, fitted_on=os.path.abspath(source))
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 1
-    write_calibration(cal, out)
-    print(f"calibration: {out}")
-    print("temperature " + " ".join(f"{l}={t:.4f}" for l, t in zip(LABELS, cal.temperature)))
-    print(f"val ece before={cal.before['ece']:.5f} after={cal.after['ece']:.5f} "
-          f"logloss before={cal.before['logloss']:.6f} after={cal.after['logloss']:.6f}")
-    return 0
+        write_calibration(cal, out)
+        print(f"calibration: {out}")
+        print("temperature " + " ".join(f"{l}={t:.4f}" for l, t in zip(LABELS, cal.temperature)))
+        print(f"val ece before={cal.before['ece']:.5f} after={cal.after['ece']:.5f} "
+              f"logloss before={cal.before['logloss']:.6f} after={cal.after['logloss']:.6f}")
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":
