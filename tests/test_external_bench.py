@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINE = r"{} weighted_logloss=([0-9.]+) prior=([0-9.]+) ratio=([0-9.]+)"
 
 
+@pytest.mark.slow  # end to end: bench/external.sh (synthetic sites, training, predict)
 def test_leave_one_site_out_smoke(tmp_path):
     configs = {}
     for stage, base, batch, head in (("PRETRAIN_CONFIG", "demo_cpu_pretrain.yml", 4, "{dim_feedforward: 16}"),
