@@ -141,6 +141,10 @@ if __name__ == "__main__":
     import importlib
 
     command, argv = sys.argv[1], sys.argv[2:]
+    # MEDSEG_TEST_RANK1_SAVE_DIR: rank 1 gets another --save_dir, as if its node had its own disk.
+    rank1_dir = os.environ.get("MEDSEG_TEST_RANK1_SAVE_DIR")
+    if rank1_dir and os.environ.get("PADDLE_TRAINER_ID") == "1" and "--save_dir" in argv:
+        argv[argv.index("--save_dir") + 1] = rank1_dir
     die_rank = os.environ.get("MEDSEG_TEST_DIE_RANK")
     if die_rank is not None and os.environ.get("PADDLE_TRAINER_ID", "0") == die_rank:
         from medseg.engine import distributed

@@ -96,6 +96,27 @@ def optimizer_state_to_load(model: paddle.nn.Layer, state: dict[str, Any]) -> di
     return _rename_optimizer_state(state, {f"@{n}": p.name for n, p in model.named_parameters()})
 
 
+_HALF = (paddle.float16, paddle.bfloat16)
+
+
+def float32_state_dict(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer | None = None) -> dict[str, Any]:
+    """``model.state_dict()`` with float16/bfloat16 tensors as float32, so that a checkpoint of an
+    AMP O2 run loads into any model (inference, export, --pretrained all build float32 models).
+
+    A parameter the optimiser keeps a float32 master copy of (O2 with multi_precision) is saved
+    from that copy, which holds the bits the low-precision weight was rounded from.
+    """
+    masters = getattr(optimizer, "_master_weights", None) or {}
+    names = {id(p): p.name for p in model.parameters()}
+    out: dict[str, Any] = {}
+    for key, value in model.state_dict().items():
+        if value.dtype in _HALF:
+            master = masters.get(names.get(id(value), ""))
+            value = master.detach().clone() if master is not None else value.astype("float32")
+        out[key] = value
+    return out
+
+
 def list_checkpoints(save_dir: str) -> list[tuple[int, str]]:
     if not os.path.isdir(save_dir):
         return []
@@ -123,16 +144,17 @@ def save_checkpoint(save_dir: str, iteration: int, model: paddle.nn.Layer, optim
     """Write ``save_dir/iter_<iteration>/`` atomically and prune older ones."""
     final = os.path.join(save_dir, f"iter_{iteration}")
     state = dict(train_state, iteration=iteration)
-    _write_dir(final, {MODEL_FILE: model.state_dict(), OPTIMIZER_FILE: optimizer_state_to_save(model, optimizer),
+    _write_dir(final, {MODEL_FILE: float32_state_dict(model, optimizer), OPTIMIZER_FILE: optimizer_state_to_save(model, optimizer),
                        STATE_FILE: state})
     prune_checkpoints(save_dir, keep_max, keep_iters)
     return final
 
 
-def save_best(save_dir: str, model: paddle.nn.Layer, iteration: int, metrics: dict[str, float]) -> str:
+def save_best(save_dir: str, model: paddle.nn.Layer, iteration: int, metrics: dict[str, float],
+              optimizer: paddle.optimizer.Optimizer | None = None) -> str:
     final = os.path.join(save_dir, BEST_DIR)
     summary = {"iteration": iteration, **{k: float(v) for k, v in metrics.items() if np.isscalar(v)}}
-    return _write_dir(final, {MODEL_FILE: model.state_dict(), "score.json": summary})
+    return _write_dir(final, {MODEL_FILE: float32_state_dict(model, optimizer), "score.json": summary})
 
 
 def _model_file(path: str) -> str:
@@ -162,8 +184,27 @@ def load_params(path: str, model: paddle.nn.Layer, strict: bool = True) -> str:
     if not strict and (missing or unexpected):
         logger.info("%s: loaded %d tensors, %d model tensors not in the file, %d file tensors unused",
                     file, len(own) - len(missing), len(missing), len(unexpected))
-    model.set_state_dict({k: v for k, v in params.items() if k in own})
+    model.set_state_dict(_cast_to_model(file, {k: v for k, v in params.items() if k in own}, own))
     return file
+
+
+def _cast_to_model(file: str, params: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """Cast floating tensors to the model's dtype (e.g. a float16 checkpoint of an AMP O2 run into a
+    float32 model; Paddle's set_state_dict would stop on the mismatch) and report what was cast."""
+    cast: dict[str, int] = {}
+    out = {}
+    for key, value in params.items():
+        want = own[key].dtype
+        if isinstance(value, np.ndarray):
+            value = paddle.to_tensor(value)
+        if hasattr(value, "dtype") and value.dtype != want and value.is_floating_point() and own[key].is_floating_point():
+            pair = f"{str(value.dtype).replace('paddle.', '')} -> {str(want).replace('paddle.', '')}"
+            cast[pair] = cast.get(pair, 0) + 1
+            value = value.astype(want)
+        out[key] = value
+    for pair, count in cast.items():
+        logger.info("%s: cast %d tensors %s to fit the model", file, count, pair)
+    return out
 
 
 def load_checkpoint(path: str, model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer) -> dict[str, Any]:

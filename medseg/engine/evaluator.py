@@ -7,6 +7,7 @@ the table has one row per real slice whatever the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -16,10 +17,10 @@ import paddle
 from tqdm import tqdm
 
 from medseg.constants import LABELS
-from medseg.data.collate import collate_series
 from medseg.data.device_augment import to_model_input
 from medseg.data.sampler import SeriesBatchSampler
 from medseg.engine import distributed as dist
+from medseg.engine.loader import make_loader
 from medseg.engine.metrics import WeightedLogLoss
 from medseg.models.outputs import prediction_logits
 from medseg.utils.logger import get_logger
@@ -28,12 +29,16 @@ logger = get_logger("evaluator")
 
 
 def predict_shard(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_workers: int = 0,
-                  sharded: bool = True, progress: bool = True) -> dict[int, dict[str, Any]]:
-    """``{series index: {series_id, slice_ids, probs [S, 6], labels [S, 6]}}`` for this rank's shard."""
+                  sharded: bool = True, progress: bool = True, amp: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
+    """``{series index: {series_id, slice_ids, probs [S, 6], labels [S, 6]}}`` for this rank's shard.
+
+    ``amp``: ``paddle.amp.auto_cast`` arguments; evaluation during training passes the training's
+    (AMP O2 weights are float16/bfloat16 and need their inputs cast alike).
+    """
     rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
     sampler = SeriesBatchSampler(len(dataset), batch_size, shuffle=False, rank=rank, world_size=world, pad_shards=False)
     keys = list(sampler)
-    loader = paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_series, num_workers=num_workers)
+    loader = make_loader(dataset, sampler, num_workers)
     model = dist.unwrap_model(model)
     was_training = model.training
     model.eval()
@@ -43,7 +48,9 @@ def predict_shard(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_work
         with paddle.no_grad():
             for batch_keys, batch in zip(keys, loader):
                 batch = to_model_input(batch)  # augment_on_device: warp + normalise here
-                probs = paddle.nn.functional.sigmoid(prediction_logits(model(batch["image"], batch["mask"])))
+                with paddle.amp.auto_cast(**amp) if amp else contextlib.nullcontext():
+                    logits = prediction_logits(model(batch["image"], batch["mask"]))
+                probs = paddle.nn.functional.sigmoid(logits.astype("float32"))
                 # Own copies: a tensor's numpy view can be recycled before the shards are gathered.
                 probs = np.array(probs.astype("float32").numpy(), copy=True)
                 labels = np.array(batch["label"].numpy(), copy=True)
@@ -86,20 +93,20 @@ def gather_predictions(shard: dict[int, dict[str, Any]], num_series: int,
 
 
 def predict_dataset(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_workers: int = 0,
-            sharded: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
+                    sharded: bool = True, amp: dict[str, Any] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """(predictions CSV frame of docs/design.md, the matching labels [N, 6])."""
-    shard = predict_shard(model, dataset, batch_size, num_workers, sharded=sharded)
+    shard = predict_shard(model, dataset, batch_size, num_workers, sharded=sharded, amp=amp)
     return gather_predictions(shard, len(dataset), across_ranks=sharded)
 
 
 def evaluate(model: paddle.nn.Layer, dataset, metric: WeightedLogLoss | None = None, batch_size: int = 1,
-             num_workers: int = 0) -> tuple[dict[str, float], pd.DataFrame]:
+             num_workers: int = 0, amp: dict[str, Any] | None = None) -> tuple[dict[str, float], pd.DataFrame]:
     """Predict ``dataset`` across ranks and score it (every rank gets the same metrics)."""
     if not getattr(dataset, "labelled", False):
         raise ValueError(f"{getattr(dataset, 'meta_file', 'dataset')}: cannot evaluate an unlabelled split")
     metric = metric or WeightedLogLoss()
     start = time.time()
-    frame, labels = predict_dataset(model, dataset, batch_size, num_workers)
+    frame, labels = predict_dataset(model, dataset, batch_size, num_workers, amp=amp)
     metrics = metric(labels, frame[list(LABELS)].to_numpy())
     logger.info("[EVAL] %d series, %d slices, weighted log loss %.5f, mean AUC %.4f (%.1f s)",
                 len(dataset), len(frame), metrics["weighted_logloss"], metrics["mean_auc"], time.time() - start)

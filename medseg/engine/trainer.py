@@ -22,12 +22,12 @@ import numpy as np
 import paddle
 
 from medseg.config import Config
-from medseg.data.collate import collate_series
 from medseg.data.device_augment import to_model_input
 from medseg.data.build import build_dataset
 from medseg.data.sampler import SeriesBatchSampler
 from medseg.engine import checkpoint as ckpt
 from medseg.engine import distributed as dist
+from medseg.engine import loader as loaders
 from medseg.engine.evaluator import evaluate
 from medseg.engine.metrics import WeightedLogLoss
 from medseg.utils.atomic import atomic_write_text
@@ -58,7 +58,8 @@ class TrainOptions:
     save_interval: int = 1000
     keep_checkpoint_max: int = 5
     keep_checkpoint_iter: list[int] = field(default_factory=list)
-    num_workers: int = 0
+    num_workers: int | None = None  # None: from the cores per process (loader.default_num_workers)
+    use_shared_memory: bool = True
     log_iters: int = 10
     do_eval: bool = False
     use_vdl: bool = False
@@ -68,17 +69,11 @@ class TrainOptions:
     seed: int = 0
     resume_model: str | None = None
     pretrained: str | None = None
+    scale_lr: str = "none"  # none | linear | sqrt: scale the config's learning rate by the number of processes
 
 
-def check_save_dir(opts: TrainOptions) -> bool:
-    """Refuse to overwrite a previous run unless asked; True if a run's results are there.
-
-    Only checks: nothing is removed until the whole run has been built and validated.
-    """
+def _inspect_save_dir(opts: TrainOptions) -> bool:
     save_dir = opts.save_dir
-    for path, what in ((opts.resume_model, "checkpoint"), (opts.pretrained, "pretrained weights")):
-        if path and not os.path.exists(path):
-            raise ckpt.CheckpointError(f"{path}: {what} not found")
     if os.path.exists(save_dir) and not os.path.isdir(save_dir):
         raise SaveDirError(f"{save_dir}: save_dir exists and is not a directory")
     # A run's results (not a log left by a run that failed on bad input) make a save_dir occupied.
@@ -88,6 +83,34 @@ def check_save_dir(opts: TrainOptions) -> bool:
         raise SaveDirError(f"{save_dir}: save_dir already holds a run; pass --overwrite_save_dir to replace it "
                            "or --resume_model to continue it")
     return occupied
+
+
+def check_save_dir(opts: TrainOptions) -> bool:
+    """Refuse to overwrite a previous run unless asked; True if a run's results are there.
+
+    Only checks: nothing is removed until the whole run has been built and validated. Rank 0
+    decides and every rank takes its answer (or its error): on node-local disks the ranks of
+    other nodes would see an empty save_dir and decide differently, then hang at the next
+    collective. Input files (checkpoint, weights) must be readable by every rank.
+    """
+    for path, what in ((opts.resume_model, "checkpoint"), (opts.pretrained, "pretrained weights")):
+        if not path:
+            continue
+        seen = dist.all_gather_objects(os.path.exists(path))
+        if not all(seen):
+            missing = [rank for rank, ok in enumerate(seen) if not ok]
+            where = "" if len(seen) == 1 else f" on rank(s) {missing} (put it on storage every node can read)"
+            raise ckpt.CheckpointError(f"{path}: {what} not found{where}")
+    decision: tuple[str, Any] = ("ok", False)
+    if dist.is_main():
+        try:
+            decision = ("ok", _inspect_save_dir(opts))
+        except SaveDirError as err:
+            decision = ("error", str(err))
+    kind, value = dist.broadcast_object(decision)
+    if kind == "error":
+        raise SaveDirError(value)
+    return bool(value)
 
 
 def claim_save_dir(opts: TrainOptions, occupied: bool) -> None:
@@ -121,6 +144,7 @@ class Trainer:
         self.cfg, self.opts = cfg, opts
         dist.init_distributed()
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        dist.check_paddle_build()
         occupied = check_save_dir(opts)
         setup_logger(rank=self.rank)  # console until the save_dir is claimed
         self.iters = int(cfg.section("iters"))
@@ -142,17 +166,23 @@ class Trainer:
         # The schedule spans ``iters`` unless the config pins ``total_iters`` (then a run can be
         # stopped early with a smaller --iters and resumed on the same schedule).
         span = {} if cfg.get("lr_scheduler.total_iters") is not None else {"total_iters": self.iters}
+        self.lr_factor = lr_scale_factor(opts.scale_lr, self.world)
+        if self.lr_factor != 1.0:
+            span["learning_rate"] = float(cfg.section("lr_scheduler.learning_rate")) * self.lr_factor
         self.scheduler = cfg.build("lr_scheduler", **span)
         self.optimizer = cfg.build("optimizer", parameters=self.model.parameters(), learning_rate=self.scheduler)
         self.loss_fn = cfg.build("loss")
         self.metric = cfg.build("metric") if "metric" in cfg else WeightedLogLoss()
-        self._setup_amp()
 
         self.start_iter, self.best = 0, math.inf
         if self.world > 1:
             paddle.seed(opts.seed + self.rank)  # replicas start equal, then draw their own dropout
-        if opts.resume_model:
-            self._resume(opts.resume_model)
+        # Resume into the float32 model before AMP O2 casts it (checkpoints hold float32 weights and
+        # the optimizer's float32 master weights), as PaddleSeg/PaddleClas do.
+        state = self._resume(opts.resume_model) if opts.resume_model else {}
+        self._setup_amp()
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         # Everything is built and every input validated: only now touch the save_dir.
         claim_save_dir(opts, occupied)
         setup_logger(os.path.join(opts.save_dir, "train.log"), self.rank)
@@ -163,8 +193,10 @@ class Trainer:
         self.model = dist.wrap_model(self.model)
         self.sampler = SeriesBatchSampler(len(self.train_dataset), self.batch_size, shuffle=True, seed=opts.seed,
                                           rank=self.rank, world_size=self.world, pad_shards=True)
-        self.loader = paddle.io.DataLoader(self.train_dataset, batch_sampler=self.sampler,
-                                           collate_fn=collate_series, num_workers=opts.num_workers)
+        self.num_workers = loaders.default_num_workers() if opts.num_workers is None else int(opts.num_workers)
+        if opts.use_shared_memory:
+            loaders.check_shared_memory(self.num_workers, loaders.batch_nbytes(self.train_dataset, self.batch_size))
+        self.loader = loaders.make_loader(self.train_dataset, self.sampler, self.num_workers, opts.use_shared_memory)
         self.vdl = self._vdl_writer() if opts.use_vdl and dist.is_main() else None
         if dist.is_main():
             atomic_write_text(os.path.join(opts.save_dir, "config.yml"), cfg.dump())
@@ -179,25 +211,29 @@ class Trainer:
         if level != "O0" and not on_gpu:  # logged once the run's log file exists
             self.amp_note = f"--amp {level} asked for but running on {paddle.get_device()}: AMP is GPU-only, training in float32"
         self.scaler = None
+        # One set of auto_cast arguments for the training step and for evaluation: O2 weights are
+        # float16/bfloat16, and evaluating them on float32 inputs outside auto_cast fails.
+        self.amp_args = {"enable": self.amp_on, "level": level, "dtype": dtype}
         if self.amp_on:
+            dist.check_amp_dtype(dtype)
             if level == "O2":
+                # save_dtype: state_dict() (checkpoints, best_model) stays float32, loadable anywhere.
                 self.model, self.optimizer = paddle.amp.decorate(models=self.model, optimizers=self.optimizer,
-                                                                 level="O2", dtype=dtype)
+                                                                 level="O2", dtype=dtype, save_dtype="float32")
             if dtype == "float16":  # bf16 has float32's range: no loss scaling needed
                 self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15)
 
-    def _resume(self, path: str) -> None:
+    def _resume(self, path: str) -> dict[str, Any]:
         state = ckpt.load_checkpoint(path, self.model, self.optimizer)
         self.start_iter = int(state["iteration"])
         self.scheduler.set_state_dict(state["scheduler"])
         self.best = float(state.get("best", math.inf))
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
         rng = state.get("rng", [])
         if len(rng) == self.world:
             ckpt.restore_rng(rng[self.rank])
         else:
             logger.warning("%s: saved with %d processes, resumed with %d: random streams restart", path, len(rng), self.world)
+        return state
 
     def _vdl_writer(self):
         from visualdl import LogWriter  # optional at import time: only --use_vdl needs it
@@ -210,14 +246,13 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None, "seed": self.opts.seed,
                 "world_size": self.world}
 
-    def _step(self, batch: dict[str, Any]) -> tuple[float, list[float]]:
-        with paddle.amp.auto_cast(enable=self.amp_on, level=self.opts.amp, dtype=self.opts.amp_dtype):
+    def _step(self, batch: dict[str, Any]) -> tuple[paddle.Tensor, list[paddle.Tensor]]:
+        """One optimiser step. The loss stays on the device: reading it back every step would make
+        the host wait for the GPU each iteration; :meth:`_flush` checks it every ``log_iters``."""
+        with paddle.amp.auto_cast(**self.amp_args):
             batch = to_model_input(batch)  # augment_on_device: warp + normalise here
             outputs = self.model(batch["image"], batch["mask"])
         loss, parts = self.loss_fn(outputs, batch["label"], batch["mask"])
-        value = dist.mean_across_ranks(loss)  # all ranks see the same value, so all stop together
-        if not math.isfinite(value):
-            return value, [float(p) for p in parts]
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -227,7 +262,26 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.clear_grad()
         self.scheduler.step()
-        return value, [float(p) for p in parts]
+        return loss.detach(), [p.detach() for p in parts]
+
+    def _flush(self, pending: list[tuple[int, float, paddle.Tensor, list[str]]], history: Any,
+               last_ckpt: str | None) -> list[float]:
+        """The losses of the steps since the last flush, averaged over ranks in one all-reduce and
+        one copy to the host; written to the history, and training stops (on every rank alike) at
+        the first non-finite one. A flush precedes every save, so no checkpoint holds a diverged model."""
+        if not pending:
+            return []
+        values = dist.mean_across_ranks(paddle.stack([loss.reshape([]) for _, _, loss, _ in pending]))
+        for (iteration, lr, _, series), value in zip(pending, values):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"non-finite loss ({value}) at iteration {iteration} (lr {lr:.3e}, series "
+                                         f"{', '.join(series)}); stopping, last checkpoint: {last_ckpt or 'none'}")
+            if history:
+                history.write(f"{iteration},{float(value)!r}\n")
+        if history:
+            history.flush()
+        pending.clear()
+        return [float(v) for v in values]
 
     def _batches(self, iteration: int):
         """Batches from ``iteration`` (0-based) on, across epoch boundaries."""
@@ -257,8 +311,12 @@ class Trainer:
             return {"iteration": self.start_iter, "checksum": parameter_checksum(self.model)}
         logger.info("training %d iterations from %d: %d series, batch %d series x %d process(es), %d batches/epoch",
                     self.iters, self.start_iter, len(self.train_dataset), self.batch_size, self.world, len(self.sampler))
+        logger.info("global batch %d series per step (%d per process x %d processes); learning rate x %g (--scale_lr %s); "
+                    "%d loader worker(s) per process", self.batch_size * self.world, self.batch_size, self.world,
+                    self.lr_factor, opts.scale_lr, self.num_workers)
         history = self._history() if dist.is_main() else None
-        self.model.train()
+        dist.set_train_mode(self.model, True)
+        pending: list[tuple[int, float, paddle.Tensor, list[str]]] = []
         window: list[float] = []
         reader_cost = batch_cost = 0.0
         last_ckpt, last_metrics = None, None
@@ -267,19 +325,17 @@ class Trainer:
             for iteration, (epoch, batch) in enumerate(self._batches(self.start_iter), start=self.start_iter + 1):
                 reader_cost += time.time() - tic
                 lr = self.optimizer.get_lr()
-                value, parts = self._step(batch)
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(f"non-finite loss ({value}) at iteration {iteration} (lr {lr:.3e}, series "
-                                             f"{', '.join(batch['series_id'])}); stopping, last checkpoint: {last_ckpt or 'none'}")
-                if history:
-                    history.write(f"{iteration},{value!r}\n")
-                    history.flush()
-                window.append(value)
+                loss, parts = self._step(batch)
+                pending.append((iteration, lr, loss, list(batch["series_id"])))
                 batch_cost += time.time() - tic
-                if iteration % opts.log_iters == 0 or iteration == self.iters:
-                    self._log(iteration, epoch, window, parts, lr, reader_cost, batch_cost)
+                log_now = iteration % opts.log_iters == 0 or iteration == self.iters
+                save_now = iteration % opts.save_interval == 0 or iteration == self.iters
+                if log_now or save_now:
+                    window += self._flush(pending, history, last_ckpt)
+                if log_now:
+                    self._log(iteration, epoch, window, [float(p) for p in parts], lr, reader_cost, batch_cost)
                     window, reader_cost, batch_cost = [], 0.0, 0.0
-                if iteration % opts.save_interval == 0 or iteration == self.iters:
+                if save_now:
                     if self.val_dataset is not None:
                         last_metrics = self._evaluate(iteration)
                     last_ckpt = self._save(iteration)
@@ -310,17 +366,18 @@ class Trainer:
 
     def _evaluate(self, iteration: int) -> dict[str, float]:
         metrics, _ = evaluate(self.model, self.val_dataset, self.metric, batch_size=self.batch_size,
-                              num_workers=self.opts.num_workers)
+                              num_workers=self.num_workers, amp=self.amp_args)
         score = metrics[self.metric.key]
         if score < self.best:
             self.best = score
             if dist.is_main():
-                path = ckpt.save_best(self.opts.save_dir, dist.unwrap_model(self.model), iteration, metrics)
+                path = ckpt.save_best(self.opts.save_dir, dist.unwrap_model(self.model), iteration, metrics,
+                                      self.optimizer)
                 logger.info("[EVAL] new best %s %.5f at iteration %d -> %s", self.metric.key, score, iteration, path)
         if self.vdl is not None:
             for key in (self.metric.key, "mean_auc"):
                 self.vdl.add_scalar(f"Evaluate/{key}", metrics[key], iteration)
-        self.model.train()
+        dist.set_train_mode(self.model, True)
         return metrics
 
     def _save(self, iteration: int) -> str:
@@ -331,6 +388,16 @@ class Trainer:
                                  self.opts.keep_checkpoint_max, self.opts.keep_checkpoint_iter)
             logger.info("saved %s", path)
         return path
+
+
+def lr_scale_factor(rule: str, world_size: int) -> float:
+    """``--scale_lr``: the config's learning rate is for one process; with N processes a step sees
+    N × batch_size series. ``linear`` multiplies the rate by N (Goyal et al. 2017, for SGD),
+    ``sqrt`` by √N (often better for Adam-type optimisers), ``none`` keeps it."""
+    rules = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}
+    if rule not in rules:
+        raise ValueError(f"--scale_lr must be one of {sorted(rules)}, got {rule!r}")
+    return rules[rule]
 
 
 def train(cfg: Config, opts: TrainOptions) -> dict[str, Any]:

@@ -97,13 +97,22 @@ class ICHSequenceClassifier(nn.Layer):
     def train(self, mode: bool = True):
         """Training mode, except a frozen encoder, which keeps its eval-mode behaviour."""
         super().train(mode)
-        if mode and self.freeze_encoder:  # flags only: Layer.eval() would also switch Paddle's global tracer
-            for layer in (self.encoder, *self.encoder.sublayers()):
-                layer.training = False
+        if mode and self.freeze_encoder:
+            self._encoder_eval_flags()
         return self
+
+    def _encoder_eval_flags(self) -> None:
+        # Flags only: Layer.eval() would also switch Paddle's global tracer to eval mode.
+        for layer in (self.encoder, *self.encoder.sublayers()):
+            layer.training = False
 
     def _encode(self, image: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
         if self.freeze_encoder:
+            # Enforced here too, not only in train(): paddle.DataParallel.train() sets ``training``
+            # on every sublayer directly without calling this class's train(), which would run the
+            # frozen encoder with batch statistics (its BatchNorm running stats drifting) and drop path.
+            if any(layer.training for layer in (self.encoder, *self.encoder.sublayers())):
+                self._encoder_eval_flags()
             with paddle.no_grad():
                 return self.encoder.encode_series(image, mask)
         return self.encoder.encode_series(image, mask)

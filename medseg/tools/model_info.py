@@ -2,6 +2,7 @@
 
     python -m medseg.tools.model_info --config config/_base_/models/swin_base_paper.yml [-o ...]
     python -m medseg.tools.model_info --config a.yml b.yml --markdown   # one table row per config
+    python -m medseg.tools.model_info --config x.yml --train_memory --slices 60  # GPU memory planner
 
 How cost is counted (printed with the numbers): multiply-accumulates, the convention of the
 Swin and ResNet papers' "FLOPs". One 1×C×H×W slice runs through the encoder and its per-slice
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import paddle
 import paddle.nn as nn
@@ -126,6 +127,116 @@ def model_info(model: ICHSequenceClassifier, img_size: int, in_chans: int = 3, s
     )
 
 
+GPU_SIZES_GB = (16, 24, 32, 40, 80)
+USABLE_FRACTION = 0.9  # CUDA context, cuDNN workspaces and allocator fragmentation take the rest
+OPTIMIZER_SLOTS = {"Momentum": 1, "SGD": 0, "Adam": 2, "AdamW": 2, "Lamb": 2}
+MEMORY_NOTE = (
+    "Activations are measured, not modelled: every tensor autograd keeps for the backward pass "
+    "(paddle.autograd.saved_tensors_hooks, parameters excluded, shared buffers once) in one training "
+    "forward of a {a}- and a {b}-slice series, extrapolated linearly to the series length. "
+    "Recompute keeps each chunk's input and features and rebuilds one chunk ({chunk} slices) at a time. "
+    "O1/O2 count every activation in 16 bit (a lower bound for O1, whose float32 ops keep some in 32 bit). "
+    "Weights + gradients + optimiser state: fp32/O1 4+4+4*k bytes per trainable parameter, O2 2+2 plus "
+    "float32 master weights 4 and state 4*k (k = {slots} slots of {opt}). A GPU fits if the total is at most "
+    "{usable:.0%} of it."
+)
+
+
+@dataclass
+class MemoryPlan:
+    """Training memory per precision for one series of ``slices`` slices (batch 1)."""
+
+    slices: int
+    chunk_size: int
+    optimizer: str
+    slots: int
+    params: int
+    trainable: int
+    per_slice_bytes: float  # saved activations per slice, float32, without recompute
+    fixed_bytes: float  # activations that do not grow with the series (head, loss)
+    encoder_per_slice_bytes: float  # of which the encoder's, per slice
+    chunk_keep_bytes: float  # kept per slice with recompute: encoder input + features
+    rows: list[dict] = field(default_factory=list)
+
+
+def _saved_bytes(model: nn.Layer, *inputs: paddle.Tensor) -> int:
+    """Bytes of the distinct non-parameter tensors autograd saves in one training forward."""
+    buffers: dict[int, int] = {}
+
+    def pack(tensor):
+        if not tensor.persistable:  # parameters are persistable; counted as weights
+            buffers[tensor.data_ptr()] = int(tensor.numel()) * tensor.element_size()
+        return tensor
+
+    with paddle.autograd.saved_tensors_hooks(pack, lambda tensor: tensor):
+        outputs = model(*inputs)
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        sum(o.astype("float32").sum() for o in outputs)  # the loss's own saved tensors are negligible
+    return sum(buffers.values())
+
+
+def _series(n: int, in_chans: int, img_size: int) -> tuple[paddle.Tensor, paddle.Tensor]:
+    return paddle.rand([1, n, in_chans, img_size, img_size]), paddle.ones([1, n], dtype="bool")
+
+
+def plan_train_memory(model: ICHSequenceClassifier, img_size: int, slices: int, optimizer: str = "Momentum",
+                      in_chans: int = 3, probe: tuple[int, int] = (2, 4)) -> MemoryPlan:
+    """Measure activations of ``model`` on two short series and plan a ``slices``-slice step."""
+    if optimizer not in OPTIMIZER_SLOTS:
+        raise ValueError(f"unknown optimizer {optimizer!r} for the memory plan; known: {', '.join(OPTIMIZER_SLOTS)}")
+    encoder = model.encoder
+    recompute, chunk = encoder.recompute, encoder.chunk_size
+    encoder.recompute, encoder.chunk_size = False, None  # measure the plain graph
+    try:
+        model.train()
+        a, b = probe
+        full = [_saved_bytes(model, *_series(n, in_chans, img_size)) for n in probe]
+        enc = [_saved_bytes(encoder, paddle.rand([n, in_chans, img_size, img_size])) for n in probe]
+    finally:
+        encoder.recompute, encoder.chunk_size = recompute, chunk
+    per_slice = (full[1] - full[0]) / (b - a)
+    fixed = max(0.0, full[0] - a * per_slice)
+    enc_per_slice = (enc[1] - enc[0]) / (b - a)
+    keep = (in_chans * img_size * img_size + encoder.feature_dim) * 4  # chunk input + features, float32
+    params = sum(int(p.numel()) for p in model.parameters())
+    trainable = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
+    plan = MemoryPlan(slices, chunk or slices, optimizer, OPTIMIZER_SLOTS[optimizer], params, trainable,
+                      per_slice, fixed, enc_per_slice, keep)
+    frozen = params - trainable
+    for precision, act_scale in (("fp32", 1.0), ("O1 fp16/bf16", 0.5), ("O2 fp16/bf16", 0.5)):
+        if precision.startswith("O2"):
+            static = 2 * params + (2 + 4 + 4 * plan.slots) * trainable
+        else:
+            static = 4 * frozen + (4 + 4 + 4 * plan.slots) * trainable
+        for use_recompute in (False, True):
+            act = fixed + slices * per_slice
+            if use_recompute:
+                rebuilt = min(plan.chunk_size, slices) * enc_per_slice
+                act = fixed + slices * (per_slice - enc_per_slice) + slices * keep + rebuilt
+            total = static + act * act_scale
+            fits = [gb for gb in GPU_SIZES_GB if total <= USABLE_FRACTION * gb * 2**30]
+            plan.rows.append({"precision": precision, "recompute": use_recompute, "static_gb": static / 2**30,
+                              "activations_gb": act * act_scale / 2**30, "total_gb": total / 2**30, "fits": fits})
+    return plan
+
+
+def format_plan(plan: MemoryPlan, name: str) -> str:
+    lines = [f"config: {name}",
+             f"  training memory for one series of {plan.slices} slices (batch 1), optimizer {plan.optimizer}; "
+             f"{plan.params / 1e6:.2f} M parameters, {plan.trainable / 1e6:.2f} M trained",
+             f"  activations (float32): {plan.per_slice_bytes / 2**20:.1f} MB per slice (encoder "
+             f"{plan.encoder_per_slice_bytes / 2**20:.1f} MB) + {plan.fixed_bytes / 2**20:.1f} MB fixed",
+             "  | precision | recompute | weights+grads+optimizer (GB) | activations (GB) | total (GB) | fits (GB GPUs) |",
+             "  |---|---|---|---|---|---|"]
+    for row in plan.rows:
+        fits = ", ".join(str(g) for g in row["fits"]) or "none"
+        lines.append(f"  | {row['precision']} | {'yes' if row['recompute'] else 'no'} | {row['static_gb']:.2f} | "
+                     f"{row['activations_gb']:.2f} | {row['total_gb']:.2f} | {fits} |")
+    lines.append(MEMORY_NOTE.format(a=2, b=4, chunk=plan.chunk_size, slots=plan.slots, opt=plan.optimizer,
+                                    usable=USABLE_FRACTION))
+    return "\n".join(lines)
+
+
 def config_img_size(cfg: Config, default: int = 224) -> int:
     """The slice size the model is built for: ``model.encoder.img_size`` if set."""
     size = cfg.get("model.encoder.img_size")
@@ -140,8 +251,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in_chans", type=int, default=3)
     parser.add_argument("--seq_len", type=int, default=40, help="series length for the sequence head's share")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table row per config")
+    parser.add_argument("--train_memory", action="store_true",
+                        help="estimate GPU training memory per precision, with and without recompute")
+    parser.add_argument("--slices", type=int, default=60, help="series length for --train_memory")
     args = parser.parse_args(argv)
+    if args.train_memory:
+        if args.slices < 1:
+            parser.error("--slices must be >= 1")
+        return run_cli(lambda: memory_report(args))
     return run_cli(lambda: report(args))
+
+
+def memory_report(args: argparse.Namespace) -> None:
+    """Plan each config's training memory (``--train_memory``) and print the table."""
+    for path in args.config:
+        cfg = Config(path, args.opts)
+        plan = plan_train_memory(cfg.build("model"), args.img_size or config_img_size(cfg), args.slices,
+                                 cfg.get("optimizer.type", "Momentum"), args.in_chans)
+        print(format_plan(plan, path))
 
 
 def report(args: argparse.Namespace) -> None:

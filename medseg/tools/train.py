@@ -27,7 +27,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save_dir", default="output")
     p.add_argument("--keep_checkpoint_max", type=int, default=5)
     p.add_argument("--keep_checkpoint_iter", type=int, nargs="*", default=[], help="iterations whose checkpoints are never pruned")
-    p.add_argument("--num_workers", type=int, default=0)
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="loader worker processes per process (default: the cores each process gets on its node - 1, "
+                        "at most 8; 0 loads in the training process)")
+    p.add_argument("--no_shared_memory", action="store_true",
+                   help="workers pass batches through pipes instead of /dev/shm (for containers with a small /dev/shm)")
+    p.add_argument("--scale_lr", choices=["none", "linear", "sqrt"], default="none",
+                   help="scale the config's learning rate by the number of processes N (x N or x sqrt(N)): iters and "
+                        "batch_size are per process, so N processes see N x batch_size series per step")
     p.add_argument("--log_iters", type=int, default=10)
     p.add_argument("--do_eval", action="store_true", help="evaluate on val_dataset at every save; keep best_model/")
     p.add_argument("--use_vdl", action="store_true", help="write VisualDL scalars to save_dir/vdl")
@@ -53,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = Config(args.config, overrides)
         opts = TrainOptions(save_dir=args.save_dir, save_interval=args.save_interval,
                             keep_checkpoint_max=args.keep_checkpoint_max, keep_checkpoint_iter=args.keep_checkpoint_iter,
-                            num_workers=args.num_workers, log_iters=args.log_iters, do_eval=args.do_eval,
+                            num_workers=args.num_workers, use_shared_memory=not args.no_shared_memory,
+                            scale_lr=args.scale_lr, log_iters=args.log_iters, do_eval=args.do_eval,
                             use_vdl=args.use_vdl, overwrite_save_dir=args.overwrite_save_dir, amp=args.amp,
                             amp_dtype=args.amp_dtype, seed=args.seed, resume_model=args.resume_model,
                             pretrained=args.pretrained)

@@ -55,10 +55,16 @@ class SliceEncoder(nn.Layer, abc.ABC):
             # Imported lazily: fleet pulls in the distributed stack, which CPU inference never needs.
             from paddle.distributed.fleet.utils import recompute
 
-            # recompute only tracks gradients if an input needs them; parameters are not inputs.
+            # Non-reentrant (saved-tensor hooks): the backward is one pass over one graph, so each
+            # parameter's gradient is accumulated once per step however many chunks used it. The
+            # reentrant form (a PyLayer running its own backward per chunk) hands the gradient of
+            # every parameter to paddle.DataParallel's reducer once per chunk: "has been ready
+            # before" errors, or buckets all-reduced before later chunks added to them.
+            # The input is made to need a gradient so that recompute does not warn that the block
+            # needs none (parameters are not its inputs).
             x = x.detach()
             x.stop_gradient = False
-            return recompute(self.forward_features, x)
+            return recompute(self.forward_features, x, use_reentrant=False)
         return self.forward_features(x)
 
     def encode_series(self, images: paddle.Tensor, mask: paddle.Tensor | None = None) -> paddle.Tensor:
