@@ -320,6 +320,7 @@ class Trainer:
         window: list[float] = []
         reader_cost = batch_cost = 0.0
         last_ckpt, last_metrics = None, None
+        timed_slices, timed_from = 0, None  # throughput after the first step (which builds kernels and caches)
         tic = time.time()
         try:
             for iteration, (epoch, batch) in enumerate(self._batches(self.start_iter), start=self.start_iter + 1):
@@ -328,6 +329,10 @@ class Trainer:
                 loss, parts = self._step(batch)
                 pending.append((iteration, lr, loss, list(batch["series_id"])))
                 batch_cost += time.time() - tic
+                if timed_from is None:
+                    timed_from = time.time()
+                else:
+                    timed_slices += sum(len(ids) for ids in batch["slice_ids"])
                 log_now = iteration % opts.log_iters == 0 or iteration == self.iters
                 save_now = iteration % opts.save_interval == 0 or iteration == self.iters
                 if log_now or save_now:
@@ -347,10 +352,12 @@ class Trainer:
                 history.close()
             if self.vdl is not None:
                 self.vdl.close()
+        elapsed = time.time() - timed_from if timed_from is not None else 0.0
         checksum = parameter_checksum(self.model)
         logger.info("finished at iteration %d; parameter checksum (rank %d): %s", self.iters, self.rank, checksum)
         return {"iteration": self.iters, "checkpoint": last_ckpt, "metrics": last_metrics, "best": self.best,
-                "checksum": checksum}
+                "checksum": checksum, "slices_per_s": timed_slices / elapsed if timed_slices and elapsed > 0 else None,
+                "peak_gpu_mb": peak_gpu_memory_mb()}
 
     def _log(self, iteration, epoch, window, parts, lr, reader_cost, batch_cost) -> None:
         n = max(len(window), 1)
@@ -388,6 +395,13 @@ class Trainer:
                                  self.opts.keep_checkpoint_max, self.opts.keep_checkpoint_iter)
             logger.info("saved %s", path)
         return path
+
+
+def peak_gpu_memory_mb() -> float | None:
+    """Peak memory Paddle's allocator handed out on this process's GPU (None on the CPU)."""
+    if not (paddle.is_compiled_with_cuda() and paddle.get_device().startswith("gpu")):
+        return None
+    return paddle.device.cuda.max_memory_allocated() / 2**20
 
 
 def lr_scale_factor(rule: str, world_size: int) -> float:
