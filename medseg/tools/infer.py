@@ -22,7 +22,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume_model", required=True, help="checkpoint directory (iter_N/ or best_model/) or model.pdparams")
     p.add_argument("--infer_splition", "--split", dest="split", default="test",
                    help="split (or any <tag>_meta.csv tag) to predict: train, val, test, ...")
-    p.add_argument("--num_workers", type=int, default=0)
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="loader worker processes per process (default: the cores each process gets - 1, at most 8)")
     p.add_argument("--batch_size", type=int, default=1, help="series per process and step")
     p.add_argument("--multigpu_infer", action="store_true", help="shard across the processes of a launch")
     p.add_argument("--output", help="predictions CSV (default: <checkpoint dir>/predictions_<split>.csv)")
@@ -43,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = Config(args.config, args.overrides)
         model_dir = args.resume_model if os.path.isdir(args.resume_model) else os.path.dirname(args.resume_model)
         output = args.output or os.path.join(model_dir, f"predictions_{args.split}.csv")
-        _, metrics = infer_split(cfg, args.resume_model, args.split, output, args.num_workers,
+        from medseg.engine.loader import default_num_workers
+
+        workers = default_num_workers() if args.num_workers is None else args.num_workers
+        _, metrics = infer_split(cfg, args.resume_model, args.split, output, workers,
                                  args.multigpu_infer, args.batch_size, calibrate=not args.no_calibration)
         if metrics is not None and dist.is_main():
             print(json.dumps(metrics, indent=2, sort_keys=True))
