@@ -13,7 +13,7 @@ from engine_fixtures import make_prepared, write_config
 from test_distributed import launch
 
 ENCODER = "{type: CNNEncoder, arch: mobilenet_v3_small, scale: 0.5, chunk_size: %d, recompute: %s}"
-SLICE_LOSS = "loss={type: MixedLoss, losses: [{type: MaskedWeightedBCE}], coef: [1]}"
+SLICE_LOSS = "loss={type: MixedLoss, losses: [{type: MaskedWeightedBCE}], coef: [1], outputs: [slice]}"
 
 
 @pytest.fixture(scope="module")

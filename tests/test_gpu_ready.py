@@ -14,7 +14,7 @@ from medseg.config import Config
 from medseg.engine import checkpoint as ckpt
 from medseg.engine import distributed as dist
 from medseg.engine import loader as loaders
-from medseg.engine import trainer as trainer_mod
+from medseg.data.build import build_dataset
 from medseg.engine.trainer import TrainOptions, Trainer, lr_scale_factor
 from medseg.models.classifier import ICHSequenceClassifier
 
@@ -84,7 +84,7 @@ def test_a_small_dev_shm_is_refused_with_what_to_do():
 
 
 def test_batch_bytes_counts_the_longest_series(cfg):
-    dataset = trainer_mod.build_dataset(Config(cfg), "val_dataset")
+    dataset = build_dataset(Config(cfg), "val_dataset")
     item = dataset[(0, 0)]
     per_slice = item["image"].nbytes // item["image"].shape[0]
     longest = max(dataset.num_slices(i) for i in range(len(dataset)))

@@ -169,12 +169,12 @@ def run_infer(work: str, name: str, config: str, overrides: list[str], model: st
     import paddle
 
     from medseg.config import Config
-    from medseg.engine.predictor import run_inference
+    from medseg.engine.infer_split import infer_split
     from medseg.engine.trainer import peak_gpu_memory_mb
 
     start = time.time()
     try:
-        frame, _ = run_inference(Config(config, overrides), model, split, os.path.join(work, f"{name}.csv"))
+        frame, _ = infer_split(Config(config, overrides), model, split, os.path.join(work, f"{name}.csv"))
         if not np.isfinite(frame[list(LABELS)].to_numpy()).all():
             raise ValueError(f"{model}: non-finite probabilities")
         states = paddle.load(os.path.join(model, "model.pdparams"))

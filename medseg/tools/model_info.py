@@ -170,6 +170,8 @@ def _saved_bytes(model: nn.Layer, *inputs: paddle.Tensor) -> int:
 
     with paddle.autograd.saved_tensors_hooks(pack, lambda tensor: tensor):
         outputs = model(*inputs)
+        if isinstance(outputs, dict):
+            outputs = list(outputs.values())
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         sum(o.astype("float32").sum() for o in outputs)  # the loss's own saved tensors are negligible
     return sum(buffers.values())
