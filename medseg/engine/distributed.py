@@ -99,11 +99,11 @@ def check_paddle_build(compiled_with_cuda: bool | None = None, installed: set[st
         visible_gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
     if "paddlepaddle-gpu" in installed:
         raise DeviceError("the imported paddle is a CPU build although paddlepaddle-gpu is installed (the CPU wheel "
-                           "paddlepaddle shadows it): pip uninstall -y paddlepaddle paddlepaddle-gpu && pip install "
-                           "paddlepaddle-gpu")
+                          "paddlepaddle shadows it): pip uninstall -y paddlepaddle paddlepaddle-gpu && pip install "
+                          "paddlepaddle-gpu")
     if visible_gpus and visible_gpus.strip() not in ("", "-1"):
         raise DeviceError(f"CUDA_VISIBLE_DEVICES={visible_gpus} asks for GPUs but the installed paddle is a CPU build: "
-                           "install paddlepaddle-gpu, or unset CUDA_VISIBLE_DEVICES to train on the CPU")
+                          "install paddlepaddle-gpu, or unset CUDA_VISIBLE_DEVICES to train on the CPU")
 
 
 def barrier() -> None:

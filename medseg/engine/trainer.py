@@ -194,7 +194,7 @@ class Trainer:
         self.sampler = SeriesBatchSampler(len(self.train_dataset), self.batch_size, shuffle=True, seed=opts.seed,
                                           rank=self.rank, world_size=self.world, pad_shards=True)
         self.num_workers = loaders.default_num_workers() if opts.num_workers is None else int(opts.num_workers)
-        if opts.use_shared_memory:
+        if opts.use_shared_memory and self.num_workers > 0 and len(self.train_dataset):
             loaders.check_shared_memory(self.num_workers, loaders.batch_nbytes(self.train_dataset, self.batch_size))
         self.loader = loaders.make_loader(self.train_dataset, self.sampler, self.num_workers, opts.use_shared_memory)
         self.vdl = self._vdl_writer() if opts.use_vdl and dist.is_main() else None
@@ -320,23 +320,24 @@ class Trainer:
         window: list[float] = []
         reader_cost = batch_cost = 0.0
         last_ckpt, last_metrics = None, None
-        timed_slices, timed_from = 0, None  # throughput after the first step (which builds kernels and caches)
+        timed_slices, timed_seconds = 0, 0.0  # throughput after the first step (which builds kernels and caches)
+        batches = self._batches(self.start_iter)
         tic = time.time()
         try:
-            for iteration, (epoch, batch) in enumerate(self._batches(self.start_iter), start=self.start_iter + 1):
+            for iteration, (epoch, batch) in enumerate(batches, start=self.start_iter + 1):
                 reader_cost += time.time() - tic
                 lr = self.optimizer.get_lr()
                 loss, parts = self._step(batch)
                 pending.append((iteration, lr, loss, list(batch["series_id"])))
-                batch_cost += time.time() - tic
-                if timed_from is None:
-                    timed_from = time.time()
-                else:
-                    timed_slices += sum(len(ids) for ids in batch["slice_ids"])
                 log_now = iteration % opts.log_iters == 0 or iteration == self.iters
                 save_now = iteration % opts.save_interval == 0 or iteration == self.iters
                 if log_now or save_now:
-                    window += self._flush(pending, history, last_ckpt)
+                    window += self._flush(pending, history, last_ckpt)  # waits for the device
+                step_time = time.time() - tic  # costs of a window add up to its wall time
+                batch_cost += step_time
+                if iteration > self.start_iter + 1:
+                    timed_slices += sum(len(ids) for ids in batch["slice_ids"])
+                    timed_seconds += step_time
                 if log_now:
                     self._log(iteration, epoch, window, [float(p) for p in parts], lr, reader_cost, batch_cost)
                     window, reader_cost, batch_cost = [], 0.0, 0.0
@@ -348,15 +349,15 @@ class Trainer:
                     break
                 tic = time.time()
         finally:
+            batches.close()  # stops the loader's workers now, mid-epoch, not at interpreter exit
             if history:
                 history.close()
             if self.vdl is not None:
                 self.vdl.close()
-        elapsed = time.time() - timed_from if timed_from is not None else 0.0
         checksum = parameter_checksum(self.model)
         logger.info("finished at iteration %d; parameter checksum (rank %d): %s", self.iters, self.rank, checksum)
         return {"iteration": self.iters, "checkpoint": last_ckpt, "metrics": last_metrics, "best": self.best,
-                "checksum": checksum, "slices_per_s": timed_slices / elapsed if timed_slices and elapsed > 0 else None,
+                "checksum": checksum, "slices_per_s": timed_slices / timed_seconds if timed_seconds > 0 else None,
                 "peak_gpu_mb": peak_gpu_memory_mb()}
 
     def _log(self, iteration, epoch, window, parts, lr, reader_cost, batch_cost) -> None:
