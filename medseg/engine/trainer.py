@@ -217,9 +217,11 @@ class Trainer:
         if self.amp_on:
             dist.check_amp_dtype(dtype)
             if level == "O2":
-                # save_dtype: state_dict() (checkpoints, best_model) stays float32, loadable anywhere.
+                # Checkpoints stay float32 all the same: checkpoint.float32_state_dict saves the
+                # optimiser's float32 master weights (decorate's save_dtype would only cast the
+                # rounded 16-bit weights back).
                 self.model, self.optimizer = paddle.amp.decorate(models=self.model, optimizers=self.optimizer,
-                                                                 level="O2", dtype=dtype, save_dtype="float32")
+                                                                 level="O2", dtype=dtype)
             if dtype == "float16":  # bf16 has float32's range: no loss scaling needed
                 self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15)
 
