@@ -40,3 +40,16 @@ def test_a_case_without_results_is_a_failure(tmp_path):
     assert lines[2] == "| a | pass | 1000 | 19.0 |  |"  # peak over ranks, throughput summed
     assert lines[3].startswith("| b | FAIL |") and "DeviceError: bf16" in lines[3]
     assert lines[4].startswith("| c | FAIL |") and "no result" in lines[4]
+
+
+def test_gpu_cases_cover_every_precision_the_gpu_has(monkeypatch):
+    import paddle
+
+    monkeypatch.setattr(gpu_check, "on_gpu", lambda: True)
+    monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(paddle.device.cuda, "get_device_capability", lambda: (7, 0))  # V100: no bfloat16
+    names = [c[0] for c in gpu_check.cases()]
+    assert names == [f"{p}_{n}p{rc}" for n in (1, 4) for p in ("fp32", "O1-fp16", "O2-fp16") for rc in ("", "_rc")]
+    monkeypatch.setattr(paddle.device.cuda, "get_device_capability", lambda: (8, 0))  # A100
+    cases = gpu_check.cases()
+    assert ("O2-bf16_4p_rc", 4, "O2", "bfloat16", True) in cases and len(cases) == 20

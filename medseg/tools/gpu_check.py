@@ -17,6 +17,7 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -103,8 +104,8 @@ def setup(work: str, config: str | None, slices: int | None) -> None:
         config = os.path.join(work, "tiny.yml")
         with open(config, "w", encoding="utf-8") as fh:
             fh.write(TINY_CONFIG.format(root=data))
-    print(f"CHECK_CONFIG={config}")
-    print(f"CHECK_DATA={data}")
+    print(f"CHECK_CONFIG={shlex.quote(config)}")
+    print(f"CHECK_DATA={shlex.quote(data)}")
     print(f"CHECK_DEVICE={'gpu' if gpu else 'cpu'}")
 
 
@@ -189,18 +190,23 @@ def run_infer(work: str, name: str, config: str, overrides: list[str], model: st
 
 
 def table(work: str, expected: list[str]) -> tuple[str, bool]:
-    """A markdown table, one row per expected case; False if any case failed or wrote nothing."""
+    """A markdown table, one row per expected case; False if any case failed or wrote nothing.
+    Peak memory is the largest over a case's ranks, slices/s their sum."""
     lines = ["| case | result | peak GPU memory (MB) | slices/s | note |", "|---|---|---|---|---|"]
     all_ok = True
     for name in expected:
-        records = [json.load(open(p, encoding="utf-8")) for p in sorted(glob.glob(_result_path(work, name, 0).replace(".rank0.", ".rank*.")))]
+        records = []
+        for path in sorted(glob.glob(os.path.join(work, "results", f"{name}.rank*.json"))):
+            with open(path, encoding="utf-8") as fh:
+                records.append(json.load(fh))
         ok = bool(records) and all(r.get("ok") for r in records)
         all_ok &= ok
         peaks = [r["peak_gpu_mb"] for r in records if r.get("peak_gpu_mb") is not None]
         speeds = [r["slices_per_s"] for r in records if r.get("slices_per_s") is not None]
         note = "" if ok else next((r["error"] for r in records if not r.get("ok")), f"no result; see {work}/logs/{name}")
-        lines.append(f"| {name} | {'pass' if ok else 'FAIL'} | {max(peaks):.0f} |" if peaks else f"| {name} | {'pass' if ok else 'FAIL'} | - |")
-        lines[-1] += f" {sum(speeds):.1f} | {note} |" if speeds else f" - | {note} |"
+        peak = f"{max(peaks):.0f}" if peaks else "-"
+        speed = f"{sum(speeds):.1f}" if speeds else "-"
+        lines.append(f"| {name} | {'pass' if ok else 'FAIL'} | {peak} | {speed} | {note} |")
     return "\n".join(lines), all_ok
 
 
