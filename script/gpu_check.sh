@@ -3,7 +3,8 @@
 # GPUs, in float32, AMP O1 and O2 (float16; bfloat16 where the GPU has it), with and without
 # recompute — each evaluating and saving at its end — then a resume and an inference from the
 # saved checkpoints. One table row per case: pass/FAIL, peak GPU memory, slices/s.
-# On a machine without a GPU it runs the float32 cases with a tiny config (1 and 2 processes).
+# On a machine without a GPU it runs the float32 cases (1 and 2 processes) of the config with a
+# toy encoder (MobileNetV3-small) and a 1-layer sequence head.
 # Random series of SLICES slices (default 40 on a GPU) stand in for data: nothing is learnt.
 # Usage: script/gpu_check.sh [config] ; env: PYTHON, WORK (output/gpu_check), ITERS (4),
 #        SLICES, CASE_TIMEOUT (seconds per case, 900)

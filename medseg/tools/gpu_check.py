@@ -32,36 +32,15 @@ from medseg.constants import LABELS
 from medseg.utils.atomic import atomic_save_npy, atomic_write_csv, atomic_write_json
 
 TINY_CONFIG = """\
-# gpu_check on a CPU: the code paths of the paper config at toy size.
-batch_size: 1
+# gpu_check on a CPU: the paper config ({base}) with a toy encoder and sequence head.
+_base_: {base}
 iters: 4
-train_dataset:
-  type: RSNASeriesDataset
-  dataset_root: {root}
-  split: train
-  transforms:
-    - {{type: RandomResizedCrop, size: 32, scale: [0.8, 1.2]}}
-    - {{type: HorizontalFlip}}
-    - {{type: Normalize}}
-    - {{type: ToCHW}}
-val_dataset:
-  type: RSNASeriesDataset
-  dataset_root: {root}
-  split: val
-  transforms:
-    - {{type: Resize, size: 32}}
-    - {{type: Normalize}}
-    - {{type: ToCHW}}
 model:
-  type: ICHSequenceClassifier
-  encoder: {{type: CNNEncoder, arch: mobilenet_v3_small, scale: 0.5, chunk_size: 2, recompute: false}}
-  head: {{type: TransformerSequenceHead, num_layers: 1, nhead: 2, dim_feedforward: 16, dropout: 0.2}}
-loss:
-  type: MixedLoss
-  losses: [{{type: MaskedWeightedBCE}}, {{type: MaskedWeightedBCE}}]
-  coef: [2, 1]
-optimizer: {{type: Momentum, momentum: 0.9, use_nesterov: true, weight_decay: 1.0e-4}}
-lr_scheduler: {{type: WarmupCosine, learning_rate: 1.0e-3, warmup_iters: 1}}
+  encoder: {{_inherited_: false, type: CNNEncoder, arch: mobilenet_v3_small, scale: 0.5, chunk_size: 2, recompute: false}}
+  head: {{num_layers: 1, dim_feedforward: 16}}
+train_dataset: {{dataset_root: {root}}}
+val_dataset: {{dataset_root: {root}}}
+lr_scheduler: {{warmup_iters: 1}}
 """
 
 
@@ -95,15 +74,16 @@ def write_series_data(root: str, slices: int, size: int, series: dict[str, int],
     return root
 
 
-def setup(work: str, config: str | None, slices: int | None) -> None:
+def setup(work: str, config: str, slices: int | None) -> None:
     """Write the data (and on a CPU the tiny config); print shell assignments for the script."""
     gpu = on_gpu()
     slices = slices or (40 if gpu else 5)
     data = write_series_data(os.path.join(work, "data"), slices, 64 if gpu else 40, {"train": 4, "val": 2, "test": 2})
-    if config is None or not gpu:
-        config = os.path.join(work, "tiny.yml")
-        with open(config, "w", encoding="utf-8") as fh:
-            fh.write(TINY_CONFIG.format(root=data))
+    if not gpu:
+        tiny = os.path.join(work, "tiny.yml")
+        with open(tiny, "w", encoding="utf-8") as fh:
+            fh.write(TINY_CONFIG.format(base=os.path.abspath(config), root=os.path.abspath(data)))
+        config = tiny
     print(f"CHECK_CONFIG={shlex.quote(config)}")
     print(f"CHECK_DATA={shlex.quote(data)}")
     print(f"CHECK_DEVICE={'gpu' if gpu else 'cpu'}")
@@ -215,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("setup")
     s.add_argument("--work", required=True)
-    s.add_argument("--config")
+    s.add_argument("--config", required=True, help="the config to check (on a CPU: its toy-size version)")
     s.add_argument("--slices", type=int)
     sub.add_parser("cases")
     c = sub.add_parser("case")
