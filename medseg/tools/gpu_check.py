@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from medseg.constants import LABELS
-from medseg.utils.atomic import atomic_save_npy, atomic_write_csv, atomic_write_json
+from medseg.data.meta import meta_path, write_meta
+from medseg.utils.atomic import atomic_save_npy, atomic_write_json
 
 TINY_CONFIG = """\
 # gpu_check on a CPU: the paper config ({base}) with a toy encoder and sequence head.
@@ -56,21 +57,21 @@ def write_series_data(root: str, slices: int, size: int, series: dict[str, int],
     and speed at a realistic series length, nothing to learn from."""
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(root, "cache"), exist_ok=True)
+    index = np.arange(slices)
     for split, count in series.items():
-        rows = []
+        frames = []
         for k in range(count):
             sid = f"ID_{split}{k:03d}"
             cache = f"cache/{sid}.npy"
             atomic_save_npy(os.path.join(root, cache), rng.integers(0, 255, size=(slices, size, size, 3), dtype=np.uint8))
             labels = (rng.uniform(size=(slices, len(LABELS))) < 0.2).astype(float)
             labels[:, -1] = labels[:, :-1].max(axis=1)
-            for i in range(slices):
-                row = {"slice_id": f"{sid}s{i:03d}", "series_id": sid, "study_id": f"ST_{sid}", "patient_id": f"P_{sid}",
-                       "slice_idx": i, "position": 5.0 * i, "spacing": 5.0, "fold": -1 if split == "test" else k % 5,
-                       "crop_y0": 0, "crop_y1": size, "crop_x0": 0, "crop_x1": size, "cache": cache}
-                row.update({name: np.nan if split == "test" else labels[i, j] for j, name in enumerate(LABELS)})
-                rows.append(row)
-        atomic_write_csv(os.path.join(root, f"{split}_meta.csv"), pd.DataFrame(rows))
+            frame = pd.DataFrame(np.full_like(labels, np.nan) if split == "test" else labels, columns=list(LABELS))
+            frames.append(frame.assign(
+                slice_id=[f"{sid}s{i:03d}" for i in index], series_id=sid, study_id=f"ST_{sid}", patient_id=f"P_{sid}",
+                slice_idx=index, position=5.0 * index, spacing=5.0, fold=-1 if split == "test" else k % 5,
+                crop_y0=0, crop_y1=size, crop_x0=0, crop_x1=size, cache=cache))
+        write_meta(meta_path(root, split), pd.concat(frames, ignore_index=True))
     return root
 
 
