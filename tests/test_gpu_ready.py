@@ -86,7 +86,7 @@ def test_a_small_dev_shm_is_refused_with_what_to_do():
 def test_batch_bytes_counts_the_longest_series(cfg):
     dataset = build_dataset(Config(cfg), "val_dataset")
     item = dataset[(0, 0)]
-    per_slice = item["image"].nbytes // item["image"].shape[0]
+    per_slice = (item["image"].nbytes + item["label"].nbytes) // len(item["slice_ids"]) + 1  # + the mask byte
     longest = max(dataset.num_slices(i) for i in range(len(dataset)))
     assert loaders.batch_nbytes(dataset, 2) == per_slice * longest * 2
 
@@ -191,3 +191,13 @@ def test_a_frozen_encoder_stays_in_eval_mode_when_a_wrapper_sets_training_direct
         np.testing.assert_array_equal(value.numpy(), before[key], err_msg=key)
     dist.set_train_mode(model, True)
     assert model.training and model.head.training and not model.encoder.training
+
+
+def test_batch_bytes_of_items_augmented_on_the_device(cfg):
+    dataset = build_dataset(Config(cfg, ["val_dataset.augment_on_device=true"]), "val_dataset")
+    batch = loaders.collate_series([dataset[(0, 0)]])
+    assert batch["image"].dtype == np.uint8  # crops travel as uint8: far fewer bytes than float32 slices
+    per_slice = sum(v.nbytes for v in batch.values() if isinstance(v, np.ndarray)) / len(batch["slice_ids"][0])
+    longest = max(dataset.num_slices(i) for i in range(len(dataset)))
+    assert loaders.batch_nbytes(dataset, 1) == int(per_slice * longest)
+    assert loaders.batch_nbytes(dataset, 1) < loaders.batch_nbytes(build_dataset(Config(cfg), "val_dataset"), 1)

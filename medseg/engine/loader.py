@@ -63,12 +63,13 @@ def worker_init(_worker_id: int) -> None:
 
 
 def batch_nbytes(dataset, batch_size: int) -> int:
-    """Bytes of the largest batch: bytes per slice of one loaded item × the most slices an item
-    can hold (the longest series, or ``max_slices``) × batch size."""
-    item = dataset[(0, 0)]
-    image = np.asarray(item["image"])
-    per_slice = image.nbytes // max(1, image.shape[0])
-    longest = image.shape[0]
+    """Bytes of the largest batch: the arrays of one collated item (what the workers put in shared
+    memory, whether float32 slices or uint8 crops for augmentation on the device) per slice × the
+    most slices an item can hold (the longest series, or ``max_slices``) × batch size."""
+    batch = collate_series([dataset[(0, 0)]])
+    slices = max(1, len(batch["slice_ids"][0]))
+    per_slice = sum(v.nbytes for v in batch.values() if isinstance(v, np.ndarray)) / slices
+    longest = slices
     num_slices = getattr(dataset, "num_slices", None)
     if num_slices is not None:
         longest = max(longest, max((num_slices(i) for i in range(len(dataset))), default=0))
