@@ -93,7 +93,9 @@ def collate_device(items: list[dict[str, Any]], longest: int) -> dict[str, Any]:
     else:
         image = np.zeros((batch, longest, height, width, channels), np.uint8)
     theta = np.zeros((batch, longest, 2, 3), np.float32)
-    cuts = np.zeros((batch, longest, cut_count, 2, 3), np.float32)
+    # Paddle's DataLoader workers cannot hand over zero-size arrays ("Tensor holds no memory"), so
+    # without cuts the batch carries one all-zero cut: it maps every pixel inside (a no-op in warp_batch).
+    cuts = np.zeros((batch, longest, max(cut_count, 1), 2, 3), np.float32)
     to_unit = pixel_to_unit((height, width))
     from_out = np.linalg.inv(pixel_to_unit(out_hw))
     for b, item in enumerate(items):
@@ -101,6 +103,7 @@ def collate_device(items: list[dict[str, Any]], longest: int) -> dict[str, Any]:
         if batch > 1:
             image[b, :n, :h, :w] = item["image"]
         theta[b, :n] = (to_unit @ item["inverse"] @ from_out)[:, :2]
-        cuts[b, :n] = item["cuts"]
+        if cut_count:
+            cuts[b, :n] = item["cuts"]
     norm = np.stack([items[0]["mean"], items[0]["std"]]).astype(np.float32)
     return {"image": image, "theta": theta, "cuts": cuts, "norm": norm, "out_hw": out_hw}
