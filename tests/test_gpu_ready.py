@@ -8,15 +8,15 @@ import numpy as np
 import paddle
 import pytest
 
-import train
 from engine_fixtures import make_prepared, write_config
 from medseg.config import Config
+from medseg.data.build import build_dataset
 from medseg.engine import checkpoint as ckpt
 from medseg.engine import distributed as dist
 from medseg.engine import loader as loaders
-from medseg.data.build import build_dataset
 from medseg.engine.trainer import TrainOptions, Trainer, lr_scale_factor
 from medseg.models.classifier import ICHSequenceClassifier
+from medseg.tools import train
 
 
 @pytest.fixture(scope="module")

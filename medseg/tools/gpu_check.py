@@ -22,9 +22,6 @@ import sys
 import time
 import traceback
 
-if __name__ == "__main__":  # run as a script under paddle.distributed.launch
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
 import numpy as np
 import pandas as pd
 
@@ -124,10 +121,10 @@ def _record(work: str, name: str, rank: int, **fields) -> None:
 
 def run_case(work: str, name: str, config: str, overrides: list[str], flags: list[str]) -> int:
     """Train ``config`` with train.py's flags in this process; record the outcome for the table."""
-    import train
     from medseg.config import Config
     from medseg.engine import distributed as dist
     from medseg.engine.trainer import TrainOptions, Trainer
+    from medseg.tools import train
 
     dist.init_distributed()
     args = train.parse_args(["--config", config, *sum((["-o", o] for o in overrides), []), *flags])
