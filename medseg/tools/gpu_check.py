@@ -25,9 +25,10 @@ import traceback
 import numpy as np
 import pandas as pd
 
-from medseg.constants import LABELS
+from medseg.constants import DEFAULT_WINDOWS, LABELS
+from medseg.data.cache import SUFFIX, write_cache_file
 from medseg.data.meta import meta_path, write_meta
-from medseg.utils.atomic import atomic_save_npy, atomic_write_json
+from medseg.utils.atomic import atomic_write_json
 
 TINY_CONFIG = """\
 # gpu_check on a CPU: the paper config ({base}) with a toy encoder and sequence head.
@@ -49,7 +50,7 @@ def on_gpu() -> bool:
 
 
 def write_series_data(root: str, slices: int, size: int, series: dict[str, int], seed: int = 0) -> str:
-    """A prepared dataset (meta CSVs + uint8 window caches, as ``medseg.data.prepare`` writes) of
+    """A prepared dataset (meta tables + head-crop caches, as ``medseg.data.prepare`` writes) of
     random series with ``slices`` slices each: enough to run every code path and measure memory
     and speed at a realistic series length, nothing to learn from."""
     rng = np.random.default_rng(seed)
@@ -59,8 +60,10 @@ def write_series_data(root: str, slices: int, size: int, series: dict[str, int],
         frames = []
         for k in range(count):
             sid = f"ID_{split}{k:03d}"
-            cache = f"cache/{sid}.npy"
-            atomic_save_npy(os.path.join(root, cache), rng.integers(0, 255, size=(slices, size, size, 3), dtype=np.uint8))
+            cache = f"cache/{sid}{SUFFIX}"
+            volume = rng.integers(0, 255, size=(slices, size, size, 3), dtype=np.uint8)
+            write_cache_file(os.path.join(root, cache), (size, size), DEFAULT_WINDOWS,
+                             (((0, size, 0, size), image, None) for image in volume))
             labels = (rng.uniform(size=(slices, len(LABELS))) < 0.2).astype(float)
             labels[:, -1] = labels[:, :-1].max(axis=1)
             frame = pd.DataFrame(np.full_like(labels, np.nan) if split == "test" else labels, columns=list(LABELS))
