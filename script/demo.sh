@@ -4,7 +4,14 @@
 # split -> submission -> report. Training runs data-parallel, one process per core
 # (paddle.distributed.launch, gloo on CPU), as on a GPU node.
 # Every step can be rerun: the cohort and the prepared cache are reused when complete.
+# The cohort is the first `report` seed of medseg/data/cohort_seeds.py (DEMO_SEED to change it; the
+# recipe was developed on other cohorts). RAW=DIR (or DEMO_RAW=DIR) runs the same job on an existing
+# Kaggle-layout folder instead (a real RSNA subset, another site's cohort): nothing is generated,
+# and the test split is scored only if DIR has stage_2_test_truth.csv (ID,Label rows as in
+# stage_2_train.csv).
 set -euo pipefail
+GIVEN=${RAW:-${DEMO_RAW:-}}      # an existing Kaggle-layout folder instead of a synthetic cohort
+if [ -n "$GIVEN" ] && [ -d "$GIVEN" ]; then GIVEN=$(cd "$GIVEN" && pwd); fi  # before the cd below
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_OUT:-demo_output}
@@ -17,18 +24,20 @@ SLICES=${DEMO_SLICES:-}          # fixed slices per series (tests); default: 20-
 # Scanner sites of the cohort (python -m medseg.data.synthetic --sites): "all" mixes every preset
 # (issue 13); "classic" is the single-scanner cohort the demo's configs and numbers were tuned on.
 SITES=${DEMO_SITES:-classic}
-RAW=${DEMO_RAW:-$OUT/raw}        # DEMO_RAW=DIR: an existing Kaggle-layout cohort (step 1 is skipped)
+RAW=${GIVEN:-$OUT/raw}
 # One OpenMP thread per process: the demo's MobileNet is made of small ops that a second thread
 # slows down (measured here: 2.06 s per training step with 1 thread, 2.86 s with 2).
 export OMP_NUM_THREADS=${DEMO_THREADS:-1} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 start=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
 
-if [ -n "${DEMO_RAW:-}" ]; then
+if [ -n "$GIVEN" ]; then
+  [ -d "$RAW" ] || { echo "RAW=$RAW: not a directory (expected the Kaggle layout: stage_2_train/, stage_2_train.csv, ...)" >&2; exit 2; }
   step "1/7 cohort: $RAW (given)"
 else
-  step "1/7 synthetic cohort ($SERIES series, ${SIZE} px, sites $SITES) -> $RAW"
-  "$PYTHON" -m medseg.data.synthetic --out "$RAW" --series "$SERIES" --seed 0 --size "$SIZE" --workers 2 \
+  SEED=${DEMO_SEED:-$("$PYTHON" -m medseg.data.cohort_seeds report | cut -d' ' -f1)}
+  step "1/7 synthetic cohort ($SERIES series, ${SIZE} px, sites $SITES, seed $SEED) -> $RAW"
+  "$PYTHON" -m medseg.data.synthetic --out "$RAW" --series "$SERIES" --seed "$SEED" --size "$SIZE" --workers 2 \
     --sites "$SITES" ${SLICES:+--n_slices "$SLICES"}
 fi
 
@@ -60,7 +69,11 @@ step "6/7 Kaggle submission -> $OUT/submission.csv"
 "$PYTHON" -m medseg.outputs.submission --pred "$OUT/predictions_test.csv" \
   --sample "$RAW/stage_2_sample_submission.csv" --out "$OUT/submission.csv"
 
-step "7/7 evaluation report (the synthetic test labels are known) -> $OUT/report"
+step "7/7 evaluation report on the test split -> $OUT/report"
 echo "demo finished in $(( $(date +%s) - start ))s"
+if [ ! -f "$RAW/stage_2_test_truth.csv" ]; then
+  echo "$RAW/stage_2_test_truth.csv not found: the test labels are unknown, no score (predictions: $OUT/predictions_test.csv)"
+  exit 0
+fi
 "$PYTHON" -m medseg.outputs.report --pred "$OUT/predictions_test.csv" \
   --truth "$RAW/stage_2_test_truth.csv" --dataset_root "$OUT/prepared" --out "$OUT/report"
