@@ -11,7 +11,8 @@ import pytest
 
 from engine_fixtures import make_prepared
 from medseg.config import Config
-from medseg.engine.trainer import build_dataset
+from medseg.models.outputs import prediction_logits
+from medseg.data.build import build_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "config", "**", "*.yml"), recursive=True)
@@ -55,5 +56,5 @@ def test_config_builds_model_and_datasets(path, prepared):
     assert train[0]["image"].shape[1:] == (3, size, size)
     model.eval()
     with paddle.no_grad():
-        logits = model(paddle.to_tensor(item["image"][None]), paddle.ones([1, slices], dtype="bool"))
+        logits = prediction_logits(model(paddle.to_tensor(item["image"][None]), paddle.ones([1, slices], dtype="bool")))
     assert tuple(logits.shape) == (1, slices, 6) and np.isfinite(logits.numpy()).all()
