@@ -12,17 +12,20 @@
 # Prints each seed's scores, then mean ± sd over seeds per arm and of each ratio. Targets, on the
 # mean: student / teacher <= 0.95 and student / control < 1; the note says whether each
 # difference exceeds the spread (sd). Exits 1 when a target is missed (BENCH_NO_FAIL=1: exit 0).
-# Budget: about 10 minutes per seed on two idle CPU cores, 30 for three; to fit, each seed trains
-# half of the single-seed protocol this bench used before (teacher 1000 -> 500, student and control
-# 500 -> 250 iterations).
+# Budget: to stay within about 30 minutes for three seeds, each seed trains half of the
+# single-seed protocol this bench used before (teacher 1000 -> 500, student and control 500 -> 250
+# iterations; that protocol took about 20 minutes on two idle cores, so about 10 per seed now:
+# an estimate, the full bench has not been timed on an idle machine yet).
 # RAW=DIR: an existing Kaggle-layout folder (a real RSNA subset, another site) instead of a
 # generated cohort; the seeds then vary the split, the labelled subset and training only.
-# Knobs: SEMI_SEEDS ("101 102 103"), SEMI_SERIES, SEMI_SIZE, SEMI_SLICES (fixed series length), SEMI_FRACTION, TEACHER_ITERS,
-# STUDENT_ITERS, SEMI_TEMPERATURE, SEMI_CONTROL (0 skips the control), SEMI_PROCS, SEMI_OUT,
-# SEMI_PSEUDO_FLAGS (more medseg.semi.pseudo_label flags, e.g. "--uncertain_band 0.1 0.9 --drop
-# slice"), SEMI_RATIOS (labelled : pseudo share of the student's epochs; the config's [1, 3]),
-# SEMI_TRAIN_FLAGS (more train.py flags for every run, e.g. "--batch_size 2" for a tiny cohort).
+# Knobs: SEMI_SEEDS ("101 102 103"), SEMI_SERIES, SEMI_SIZE, SEMI_SLICES (fixed series length),
+# SEMI_FRACTION, TEACHER_ITERS, STUDENT_ITERS, SEMI_TEMPERATURE, SEMI_CONTROL (0 skips the control),
+# SEMI_PROCS, SEMI_OUT, SEMI_PSEUDO_FLAGS (more medseg.semi.pseudo_label flags, e.g.
+# "--uncertain_band 0.1 0.9 --drop slice"), SEMI_RATIOS (labelled : pseudo share of the student's
+# epochs; the config's [1, 3]), SEMI_TRAIN_FLAGS (more train.py flags for every run, e.g.
+# "--batch_size 2" for a tiny cohort).
 set -euo pipefail
+if [ -n "${RAW:-}" ] && [ -d "$RAW" ]; then RAW=$(cd "$RAW" && pwd); fi  # before the cd below
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}

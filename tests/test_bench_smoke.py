@@ -1,27 +1,42 @@
-"""Smoke run of bench/semi.sh: every step of the bench (cohorts, prepare, labelled subset, teacher,
+"""Smoke runs of bench/semi.sh: every step of the bench (cohorts, prepare, labelled subset, teacher,
 pseudo-labels, student, control, scoring, the summary over seeds) on a tiny cohort with two
 training steps per run. Two seeds, so the mean ± sd lines are exercised; the target cannot be met
 in two steps, so the bench must exit 1, and 0 with BENCH_NO_FAIL=1."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = ("1", "2")  # dev seeds (medseg/data/cohort_seeds.py)
 
 
-def test_semi_bench_smoke(tmp_path):
-    out = tmp_path / "semi"
-    env = dict(os.environ, PYTHON=sys.executable, SEMI_OUT=str(out), SEMI_SEEDS=" ".join(SEEDS), SEMI_SERIES="12",
-               SEMI_SIZE="48", SEMI_SLICES="6", TEACHER_ITERS="2", STUDENT_ITERS="2", SEMI_PROCS="1",
-               SEMI_TRAIN_FLAGS="--batch_size 2")
-    env.pop("BENCH_NO_FAIL", None)
-    proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "semi.sh")], env=env, capture_output=True, text=True,
+def semi_env(out, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("BENCH_NO_FAIL", "RAW")}
+    env.update(PYTHON=sys.executable, SEMI_OUT=str(out), SEMI_SEEDS=" ".join(SEEDS), SEMI_SERIES="12", SEMI_SIZE="48",
+               SEMI_SLICES="6", TEACHER_ITERS="2", STUDENT_ITERS="2", SEMI_PROCS="1", SEMI_TRAIN_FLAGS="--batch_size 2")
+    return dict(env, **extra)
+
+
+def run_semi(env):
+    return subprocess.run(["bash", os.path.join(ROOT, "bench", "semi.sh")], env=env, capture_output=True, text=True,
                           timeout=600)
+
+
+@pytest.fixture(scope="module")
+def semi_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "semi"
+    env = semi_env(out)
+    return out, env, run_semi(env)
+
+
+def test_semi_bench_smoke(semi_run):
+    out, env, proc = semi_run
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log[-3000:]  # two steps cannot make student <= 0.95 x teacher
     assert "target: student / teacher mean <= 0.95 MISS" in proc.stdout, log[-3000:]
@@ -42,3 +57,24 @@ def test_semi_bench_smoke(tmp_path):
     again = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "semi_summary.py"), "--out", str(out),
                             "--seeds", *SEEDS], env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
     assert again.returncode == 0 and "MISS" in again.stdout, again.stdout + again.stderr
+
+
+def test_semi_bench_takes_an_existing_cohort(semi_run, tmp_path):
+    """RAW=DIR: nothing generated; a folder without test truth is scored on its validation split."""
+    out, _, _ = semi_run
+    site = tmp_path / "site"
+    shutil.copytree(out / f"raw_{SEEDS[0]}", site)
+    (site / "stage_2_test_truth.csv").unlink()
+    proc = run_semi(semi_env(tmp_path / "semi", RAW=str(site), SEMI_SEEDS=SEEDS[0], SEMI_CONTROL="0", BENCH_NO_FAIL="1"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert f"cohort {site} + prepare" in proc.stdout and "on the val split" in proc.stdout
+    assert not list((tmp_path / "semi").glob("raw_*"))
+    bad = run_semi(semi_env(tmp_path / "semi2", RAW=str(tmp_path / "missing")))
+    assert bad.returncode == 2 and "not a directory" in bad.stderr
+
+
+def test_demo_refuses_a_missing_raw_folder(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, DEMO_OUT=str(tmp_path / "out"), RAW=str(tmp_path / "missing"))
+    proc = subprocess.run(["bash", os.path.join(ROOT, "script", "demo.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and f"RAW={tmp_path / 'missing'}: not a directory" in proc.stderr
