@@ -13,6 +13,8 @@ from engine_fixtures import make_prepared
 from medseg.config import Config
 from medseg.models.outputs import prediction_logits
 from medseg.data.build import build_dataset
+from medseg.data.collate import collate_series
+from medseg.data.device_augment import to_model_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "config", "**", "*.yml"), recursive=True)
@@ -50,11 +52,11 @@ def test_config_builds_model_and_datasets(path, prepared):
     val = build_dataset(cfg, "val_dataset")
     assert len(train) > 0 and len(val) == SPLITS["val"]
     size = int(cfg.get("model.encoder.img_size"))
-    item = val[0]
-    slices = len(item["slice_ids"])
-    assert item["image"].shape == (slices, 3, size, size), (item["image"].shape, size)
-    assert train[0]["image"].shape[1:] == (3, size, size)
+    for item in (val[0], train[0]):  # as the trainer and evaluator feed the model (CPU or device augmentation)
+        batch = to_model_input(collate_series([item]))
+        slices = len(item["slice_ids"])
+        assert tuple(batch["image"].shape) == (1, slices, 3, size, size), (batch["image"].shape, size)
     model.eval()
     with paddle.no_grad():
-        logits = prediction_logits(model(paddle.to_tensor(item["image"][None]), paddle.ones([1, slices], dtype="bool")))
+        logits = prediction_logits(model(paddle.to_tensor(batch["image"]), paddle.to_tensor(batch["mask"])))
     assert tuple(logits.shape) == (1, slices, 6) and np.isfinite(logits.numpy()).all()
