@@ -35,6 +35,7 @@ def semi_run(tmp_path_factory):
     return out, env, run_semi(env)
 
 
+@pytest.mark.slow
 def test_semi_bench_smoke(semi_run):
     out, env, proc = semi_run
     log = proc.stdout + proc.stderr
@@ -59,6 +60,7 @@ def test_semi_bench_smoke(semi_run):
     assert again.returncode == 0 and "MISS" in again.stdout, again.stdout + again.stderr
 
 
+@pytest.mark.slow
 def test_semi_bench_takes_an_existing_cohort(semi_run, tmp_path):
     """RAW=DIR: nothing generated; a folder without test truth is scored on its validation split."""
     out, _, _ = semi_run

@@ -41,6 +41,7 @@ def pointed_at(node, root):
     return [pointed_at(v, root) for v in node] if isinstance(node, list) else node
 
 
+@pytest.mark.slow  # builds the full-size paper models (Swin-B: about 5-20 s each)
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, os.path.join(ROOT, "config")))
 def test_config_builds_model_and_datasets(path, prepared):
     cfg = Config(data=pointed_at(Config(path).dict, prepared))

@@ -76,6 +76,7 @@ lr_scheduler: {{type: WarmupCosine, learning_rate: 3.0e-3, warmup_iters: 10}}
 """
 
 
+@pytest.mark.slow  # end to end, about 25 s
 def test_a_tiny_run_beats_the_prior_on_its_validation_split(tmp_path):
     write_cohort(str(tmp_path / "raw"))
     data = str(tmp_path / "prepared")
