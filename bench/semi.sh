@@ -117,4 +117,4 @@ for SEED in $SEEDS; do
 done
 
 echo "== summary over seeds: $SEEDS ($(( $(date +%s) - START )) s)"
-"$PYTHON" bench/semi_summary.py --out "$OUT" --seeds $SEEDS  # exit 1 on a missed target (BENCH_NO_FAIL=1: 0)
+"$PYTHON" -m bench.semi_summary --out "$OUT" --seeds $SEEDS  # exit 1 on a missed target (BENCH_NO_FAIL=1: 0)

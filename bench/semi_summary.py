@@ -1,5 +1,8 @@
 """Summary of ``bench/semi.sh``: each seed's scores, mean ± sd over seeds, the targets on the mean.
 
+Run from the repository root as ``python -m bench.semi_summary --out DIR --seeds S...`` (what
+``bench/semi.sh`` does).
+
 Reads ``<out>/seed_<S>/`` as the bench left it (``<arm>_<split>.csv`` predictions, ``scored_on``,
 the pseudo-label table and the training truth). Targets, on the mean over seeds: student / teacher
 <= 0.95 and student / control < 1; each is also said to be beyond the spread or not (the gap
@@ -13,17 +16,14 @@ import argparse
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from medseg.constants import LABELS  # noqa: E402
-from medseg.engine.metrics import prior_baseline, weighted_log_loss  # noqa: E402
-from medseg.outputs.predictions import read_table  # noqa: E402
-from medseg.outputs.report import align  # noqa: E402
-from targets import finish, no_fail_default  # noqa: E402
+from bench.targets import finish, no_fail_default
+from medseg.constants import LABELS
+from medseg.engine.metrics import prior_baseline, weighted_log_loss
+from medseg.outputs.predictions import read_table
+from medseg.outputs.report import align
 
 ARMS = ("teacher", "student", "control")
 RATIOS = (("student", "teacher", 0.95, "<="), ("student", "control", 1.0, "<"))

@@ -55,8 +55,8 @@ def test_semi_bench_smoke(semi_run):
     assert "on the test split" in proc.stdout  # the synthetic cohorts have test truth
     for seed in SEEDS:
         assert (out / f"seed_{seed}" / "student_test.csv").is_file()
-    again = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "semi_summary.py"), "--out", str(out),
-                            "--seeds", *SEEDS], env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
+    again = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(out), "--seeds", *SEEDS], cwd=ROOT,
+                           env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
     assert again.returncode == 0 and "MISS" in again.stdout, again.stdout + again.stderr
 
 
