@@ -59,5 +59,6 @@ def test_config_builds_model_and_datasets(path, prepared):
         assert tuple(batch["image"].shape) == (1, slices, 3, size, size), (batch["image"].shape, size)
     model.eval()
     with paddle.no_grad():
-        logits = prediction_logits(model(paddle.to_tensor(batch["image"]), paddle.to_tensor(batch["mask"])))
+        image, mask = (x if isinstance(x, paddle.Tensor) else paddle.to_tensor(x) for x in (batch["image"], batch["mask"]))
+        logits = prediction_logits(model(image, mask))
     assert tuple(logits.shape) == (1, slices, 6) and np.isfinite(logits.numpy()).all()
