@@ -10,8 +10,8 @@ the synthetic generator are split in two, once, here:
   on all of them and reported as measured, good or bad.
 
 Seed 0 is ``dev``: the semi-supervised recipe was tuned on its validation split, and earlier
-demo numbers were read on its test split. One seed drives the cohort, its patient split and the
-training run of a report arm, so seeds ``101 102 103`` give three independent replicates.
+demo numbers were read on its test split. In ``bench/semi.sh`` one seed drives the cohort, its
+patient split and the training runs, so the report seeds give three independent replicates.
 
 Shell scripts read the lists with ``python -m medseg.data.cohort_seeds {dev,report}`` (one line,
 space-separated).
@@ -19,7 +19,7 @@ space-separated).
 
 from __future__ import annotations
 
-import argparse
+from medseg.utils.cli import ArgumentParser
 
 DEV_SEEDS: tuple[int, ...] = (0, 1, 2)
 REPORT_SEEDS: tuple[int, ...] = (101, 102, 103)
@@ -27,7 +27,7 @@ SEEDS: dict[str, tuple[int, ...]] = {"dev": DEV_SEEDS, "report": REPORT_SEEDS}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m medseg.data.cohort_seeds",
+    parser = ArgumentParser(prog="python -m medseg.data.cohort_seeds",
                                      description="Print the synthetic cohort seeds of one purpose.")
     parser.add_argument("purpose", choices=sorted(SEEDS))
     args = parser.parse_args(argv)
