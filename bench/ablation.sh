@@ -16,7 +16,7 @@
 # Target: transformer <= 0.85 x no_context (mean of the per-seed ratios); exits 1 when missed
 # unless --no-fail (or ABL_FAIL=0).
 # Seeds: the report cohorts (python -m medseg.data.cohort_seeds report, if present; else 101 102
-# 103). Budget (~30 min on 2 free cores): 300 series, stage 1 500 iterations (the demo: 800),
+# 103). Budget (estimated ~30 min on 2 free cores from the demo's stage timings): 300 series, stage 1 500 iterations (the demo: 800),
 # stage 2 150 — ABL_SERIES, ABL_PRETRAIN_ITERS, ABL_ITERS change it.
 # RAW=DIR runs on an existing Kaggle-layout folder instead of generating cohorts (then the seeds
 # vary the patient split and training only).

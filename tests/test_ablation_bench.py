@@ -12,26 +12,10 @@ import sys
 
 import numpy as np
 import pytest
+from test_end_to_end import TINY  # the demo configs at toy scale (heads are replaced per arm)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY = """
-_base_: {base}
-batch_size: {batch}
-model:
-  encoder: {{arch: mobilenet_v3_small, scale: 0.5, img_size: 32}}
-train_dataset:
-  transforms:
-    - {{type: Resize, size: 32}}
-    - {{type: HorizontalFlip, prob: 0.5}}
-    - {{type: Normalize, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}
-    - {{type: ToCHW}}
-val_dataset:
-  transforms:
-    - {{type: Resize, size: 32}}
-    - {{type: Normalize, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}
-    - {{type: ToCHW}}
-"""
 ARMS = ("no_context", "transformer", "transformer_paper", "bigru")
 LINE = re.compile(r"ablation head=(\w+) weighted_logloss=([0-9.]+) ratio_to_slice_only=([0-9.]+) ratio_to_no_context=([0-9.]+)")
 
@@ -42,7 +26,7 @@ def bench_run(tmp_path_factory):
     env = dict(os.environ, PYTHON=sys.executable, ABL_OUT=str(tmp / "out"), ABL_SEEDS="1 2", ABL_SERIES="8",
                ABL_SIZE="64", ABL_SLICES="6", ABL_PRETRAIN_ITERS="4", ABL_ITERS="2", ABL_PROCS="1")
     for key, base, batch in (("ABL_PRETRAIN_CONFIG", "demo_cpu_pretrain.yml", 4), ("ABL_CONFIG", "demo_cpu.yml", 1)):
-        (tmp / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch))
+        (tmp / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch, head="{}"))
         env[key] = str(tmp / base)
     proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "ablation.sh")], env=env, capture_output=True, text=True, timeout=900)
     return tmp / "out", proc

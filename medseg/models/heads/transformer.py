@@ -34,7 +34,7 @@ class TransformerSequenceHead(SequenceHead):
             earlier configs; the encoder layers then keep the original ±0.1).
         feature_norm: a LayerNorm (no affine) on the features before the positions are added, so
             that features of any scale meet the ±1 sinusoids as the original's LayerNorm'd Swin
-            features do (a CNN's max-pooled features are far larger and drown the positions).
+            features do (a CNN's max-pooled features can be many times larger).
     """
 
     def __init__(
