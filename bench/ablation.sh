@@ -20,7 +20,7 @@
 # stage 2 150 — ABL_SERIES, ABL_PRETRAIN_ITERS, ABL_ITERS change it.
 # RAW=DIR runs on an existing Kaggle-layout folder instead of generating cohorts (then the seeds
 # vary the patient split and training only).
-# Env: PYTHON, ABL_OUT, ABL_SEEDS, ABL_PROCS, ABL_SIZE, ABL_SLICES, ABL_PRETRAIN_CONFIG, ABL_CONFIG.
+# Env: PYTHON, ABL_OUT, ABL_SEEDS, ABL_PROCS, ABL_SIZE, ABL_SLICES, ABL_SITES (default classic, as the demo), ABL_PRETRAIN_CONFIG, ABL_CONFIG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -72,10 +72,13 @@ for seed in $ABL_SEEDS; do
   echo "== [$(( $(date +%s) - start ))s] seed $seed: cohort + prepare -> $dir"
   if [ -n "${RAW:-}" ]; then
     [ -d "$RAW" ] || { echo "RAW=$RAW: not a directory" >&2; exit 2; }
-    ln -sfn "$(cd "$RAW" && pwd)" "$dir/raw"
+    rm -rf "$dir/raw"  # a link or an earlier synthetic cohort of this bench (never the target of a link)
+    ln -s "$(cd "$RAW" && pwd)" "$dir/raw"
   else
+    [ -L "$dir/raw" ] && rm "$dir/raw"  # a RAW link of an earlier run: never write into the user's folder
     "$PYTHON" -m medseg.data.synthetic --out "$dir/raw" --series "${ABL_SERIES:-300}" --seed "$seed" \
-      --size "${ABL_SIZE:-160}" --workers 2 ${ABL_SLICES:+--n_slices "$ABL_SLICES"} > "$dir/synthetic.log" 2>&1
+      --size "${ABL_SIZE:-160}" --sites "${ABL_SITES:-classic}" --workers 2 ${ABL_SLICES:+--n_slices "$ABL_SLICES"} \
+      --overwrite > "$dir/synthetic.log" 2>&1 || { tail -20 "$dir/synthetic.log"; exit 1; }
   fi
   rm -rf "$dir/prepared"
   "$PYTHON" -m medseg.data.prepare --raw_root "$dir/raw" --dataset_root "$dir/prepared" --workers 2 \

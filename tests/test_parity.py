@@ -17,6 +17,7 @@ from medseg.engine import checkpoint as ckpt
 from medseg.engine.metrics import WeightedLogLoss
 from medseg.models import weights
 from medseg.models.heads.positional import sinusoid_table
+from medseg.models.outputs import SEQUENCE, SLICE
 from medseg.predict.backend import CheckpointModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +92,7 @@ def test_parity_tiny_outputs_match_the_released_code(loaded_tiny, expected):
         pooled = loaded_tiny.encoder.forward_features(image[0])
         slice_logits = loaded_tiny.encoder.forward_head(pooled)
         out = loaded_tiny(image, paddle.ones([1, 5], dtype="bool"))
-    sequence = out[0] if isinstance(out, (tuple, list)) else out
+    sequence = out[SEQUENCE]
     np.testing.assert_allclose(pooled.numpy(), expected["pooled_features"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(slice_logits.numpy(), expected["slice_logits"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(sequence.numpy()[0], expected["sequence_logits"], atol=1e-5, rtol=0)
@@ -161,7 +162,8 @@ def paper_loss_and_inputs(expected):
 
 def test_parity_paper_loss_equals_the_released_loss(expected):
     loss, labels, mask = paper_loss_and_inputs(expected)
-    total, (seq, sl) = loss((paddle.to_tensor(expected["logits_seq"]), paddle.to_tensor(expected["logits_slice"])), labels, mask)
+    outputs = {SEQUENCE: paddle.to_tensor(expected["logits_seq"]), SLICE: paddle.to_tensor(expected["logits_slice"])}
+    total, (seq, sl) = loss(outputs, labels, mask)
     assert float(seq) == pytest.approx(float(expected["loss_seq_part"]), abs=1e-5)
     assert float(sl) == pytest.approx(float(expected["loss_slice_part"]), abs=1e-5)
     assert float(total) == pytest.approx(float(expected["loss"]), abs=1e-5)
