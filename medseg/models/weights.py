@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 import paddle
 
+from medseg.models.heads.positional import sinusoid_table
 from medseg.utils.logger import get_logger
 
 logger = get_logger("models.weights")
@@ -152,8 +153,6 @@ def convert_easymia(state: dict, model: paddle.nn.Layer, path: str = "checkpoint
             if not hasattr(head, "pos_encoder"):
                 report.unmatched.append(key)
                 continue
-            from medseg.models.heads.positional import sinusoid_table
-
             table = _to_numpy(value).reshape(-1, _to_numpy(value).shape[-1])
             diff = float(np.abs(table - sinusoid_table(*table.shape).numpy()).max())
             if diff > PE_ATOL:
