@@ -17,6 +17,7 @@ from test_end_to_end import TINY  # the demo configs at toy scale (heads are rep
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ARMS = ("no_context", "transformer", "transformer_paper", "bigru")
+pytestmark = pytest.mark.slow  # end to end: bench/ablation.sh (cohorts, training, inference)
 LINE = re.compile(r"ablation head=(\w+) weighted_logloss=([0-9.]+) ratio_to_slice_only=([0-9.]+) ratio_to_no_context=([0-9.]+)")
 
 

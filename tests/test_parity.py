@@ -126,6 +126,7 @@ def test_parity_position_table_within_tolerance_of_the_float64_one():
     assert 0 < diff < weights.PE_ATOL
 
 
+@pytest.mark.slow  # full-size model (construction only)
 def test_parity_every_paper_key_maps_onto_the_paper_config():
     rows = read_keys("easymia_paper_keys.tsv")
     assert len(rows) == 399
