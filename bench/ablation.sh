@@ -17,7 +17,8 @@
 # Target: transformer <= 0.85 x no_context (mean of the per-seed ratios); exits 1 when missed
 # unless --no-fail (or ABL_FAIL=0).
 # Seeds: the report cohorts (python -m medseg.data.cohort_seeds report, if present; else 101 102
-# 103). Budget (estimated ~30 min on 2 free cores from the demo's stage timings): 300 series, stage 1 500 iterations (the demo: 800),
+# 103). Budget (estimated ~30 min on 2 free cores from the demo's stage timings, not timed yet):
+# 300 series, stage 1 500 iterations (the demo: 800),
 # stage 2 150 — ABL_SERIES, ABL_PRETRAIN_ITERS, ABL_ITERS change it.
 # RAW=DIR runs on an existing Kaggle-layout folder instead of generating cohorts (then the seeds
 # vary the patient split and training only).
@@ -44,7 +45,7 @@ declare -A HEAD=(
   [transformer_paper]="{type: TransformerSequenceHead}"
   [bigru]="{type: BiGRUSequenceHead}"
 )
-# Per-arm learning rate (chosen on a dev cohort's validation split, see config/demo_cpu.yml): the
+# Per-arm learning rate (chosen on a dev cohort's validation split, see the README's demo section): the
 # transformer trains at half the config's rate; the no-context MLP scored the same at both.
 declare -A LR_MULT=([no_context]=1.0 [transformer]=0.5 [transformer_paper]=1.0 [bigru]=1.0)
 start=$(date +%s)
