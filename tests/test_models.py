@@ -180,12 +180,33 @@ def test_positional_encoding_has_no_length_cap():
     assert out.shape == [1, 200, 6]
 
 
-def test_transformer_head_defaults_and_decoder_init():
+def test_transformer_head_defaults_and_init_as_the_released_code():
+    paddle.seed(0)
     head = TransformerSequenceHead(d_model=32)
     layers = head.transformer_encoder.layers
     assert len(layers) == 2 and layers[0].self_attn.num_heads == 2 and layers[0].linear1.weight.shape == [32, 200]
+    for layer in layers:  # encoder layers: weights uniform in ±0.1, biases zero, LayerNorms 1 / 0
+        for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj, layer.linear1, layer.linear2):
+            w = lin.weight.numpy()
+            assert 0.09 < np.abs(w).max() <= 0.1 and not lin.bias.numpy().any()
+        assert (layer.norm1.weight.numpy() == 1).all() and not layer.norm1.bias.numpy().any()
+    # The decoder keeps Paddle's default Linear init (Xavier-uniform weight: bound sqrt(6 / (32 + 6)) ≈ 0.40).
     w = head.decoder.weight.numpy()
-    assert np.abs(w).max() <= 0.1 and np.abs(w).max() > 0.05 and not head.decoder.bias.numpy().any()
+    assert 0.2 < np.abs(w).max() <= np.sqrt(6 / 38) and not head.decoder.bias.numpy().any()
+    for zero in (TransformerSequenceHead(d_model=32, zero_decoder=True), TransformerSequenceHead(d_model=32, init_range=0.0)):
+        assert not zero.decoder.weight.numpy().any() and not zero.decoder.bias.numpy().any()
+        assert 0.09 < np.abs(zero.transformer_encoder.layers[0].linear1.weight.numpy()).max() <= 0.1
+    with pytest.raises(ValueError, match="init_range"):
+        TransformerSequenceHead(d_model=32, init_range=-1)
+
+
+def test_transformer_head_feature_norm_makes_it_scale_invariant():
+    paddle.seed(0)
+    head = TransformerSequenceHead(d_model=16, feature_norm=True)
+    head.eval()
+    x = paddle.to_tensor(np.random.default_rng(0).normal(size=(1, 4, 16)).astype("float32"))
+    np.testing.assert_allclose(head(x).numpy(), head(x * 50.0).numpy(), atol=1e-4)
+    assert not TransformerSequenceHead(d_model=16).feature_norm and not head.input_norm.parameters()
 
 
 def test_bigru_rejects_masks_with_holes():

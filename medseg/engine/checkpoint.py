@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 import paddle
 
+from medseg.models import weights
 from medseg.utils.atomic import atomic_write_json, replace_dir
 from medseg.utils.logger import get_logger
 
@@ -166,12 +167,22 @@ def _model_file(path: str) -> str:
 
 
 def load_params(path: str, model: paddle.nn.Layer, strict: bool = True) -> str:
-    """Load weights into ``model``; shapes must fit (and, if ``strict``, the keys must match)."""
+    """Load weights into ``model``; shapes must fit (and, if ``strict``, the keys must match).
+
+    A state dict saved by the paper's released code is recognised by its names and renamed to
+    ours, its buffers checked against ours (``weights.convert_easymia``).
+    """
     file = _model_file(path)
     try:
         params = paddle.load(file)
     except Exception as err:  # paddle raises several types for a corrupt file
         raise CheckpointError(f"{file}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+    if weights.is_easymia(params):
+        try:
+            params, report = weights.convert_easymia(params, model, file)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from err
+        logger.info(report.summary(file))
     own = model.state_dict()
     for key, value in params.items():
         if key in own and list(own[key].shape) != list(value.shape):

@@ -12,19 +12,30 @@ from medseg.models.outputs import SEQUENCE, SLICE
 from medseg.registry import LOSSES
 
 
+NORMALIZATIONS = ("labels", "weights")
+
+
 @LOSSES.add_component
 class MaskedWeightedBCE(paddle.nn.Layer):
-    """Mean over real slices of the class-weighted BCE (weights normalised to sum 1).
+    """Class-weighted BCE over the real slices of a batch; padded slices (``mask`` False) count for
+    nothing, whatever their logits. Labels may be soft.
 
-    With the default weights ``[1, 1, 1, 1, 1, 2]`` this is the Kaggle metric written as a loss.
-    Padded slices (``mask`` False) contribute nothing, whatever their logits; labels may be soft.
+    ``normalize`` picks the denominator of ``Σ w·bce`` over real slices:
+    - ``"labels"``: the number of label elements (6 per real slice), as the released code of the
+      paper does (``Σ mask·w·bce / (Σ mask + 1e-5)``, mask element-wise); what
+      ``config/_base_/loss_paper.yml`` uses, so the paper configs train with its gradients.
+    - ``"weights"`` (default): the sum of the weights (7 per real slice), i.e. the mean over slices
+      of the Kaggle metric written as a loss; 6/7 of the ``labels`` value, same minimiser.
     """
 
-    def __init__(self, weights: Sequence[float] = CLASS_WEIGHTS):
+    def __init__(self, weights: Sequence[float] = CLASS_WEIGHTS, normalize: str = "weights"):
         super().__init__()
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"MaskedWeightedBCE: weights must be non-negative with a positive sum, got {list(weights)}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"MaskedWeightedBCE: normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         self.weights = [float(w) for w in weights]
+        self.normalize = normalize
 
     def forward(self, logits: paddle.Tensor, label: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
         if logits.shape[-1] != len(self.weights):
@@ -36,9 +47,11 @@ class MaskedWeightedBCE(paddle.nn.Layer):
         safe_logits = paddle.where(keep.unsqueeze(-1), logits, paddle.zeros_like(logits))
         safe_label = paddle.where(keep.unsqueeze(-1), label, paddle.zeros_like(label))
         bce = F.binary_cross_entropy_with_logits(safe_logits, safe_label, reduction="none")
-        per_slice = (bce * weights).sum(axis=-1) / weights.sum()
         keep_f = keep.astype("float32")
-        return (per_slice * keep_f).sum() / keep_f.sum().clip(min=1.0)
+        total = ((bce * weights).sum(axis=-1) * keep_f).sum()
+        if self.normalize == "labels":
+            return total / (keep_f.sum() * len(self.weights) + 1e-5)
+        return total / (keep_f.sum().clip(min=1.0) * weights.sum())
 
 
 @LOSSES.add_component

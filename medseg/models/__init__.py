@@ -9,6 +9,7 @@ from medseg.models.encoders.cnn import CNNEncoder
 from medseg.models.encoders.swin import SwinTransformer
 from medseg.models.heads.base import SequenceHead
 from medseg.models.heads.bigru import BiGRUSequenceHead
+from medseg.models.heads.mlp import SliceMLPHead
 from medseg.models.heads.transformer import TransformerSequenceHead
 from medseg.models.weights import load_pretrained
 
@@ -17,6 +18,7 @@ __all__ = [
     "CNNEncoder",
     "ICHSequenceClassifier",
     "SequenceHead",
+    "SliceMLPHead",
     "SliceEncoder",
     "SwinTransformer",
     "TransformerSequenceHead",

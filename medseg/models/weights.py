@@ -10,6 +10,11 @@ Key maps (``key_map:``), each a function ``source key → our key`` (``None`` = 
 - ``paddle_vision``: ``paddle.vision.models`` ResNet/ResNeXt/DenseNet names get the
   ``backbone.`` prefix; their classifier (``fc.*`` / ``out.*``) maps to our per-slice ``head.*``.
 - ``medseg``: our own checkpoints (an encoder's keys, or a full model's ``encoder.*`` keys).
+- ``easymia``: the paper's released code (PaddlePaddle/Research, package ``easymia``): its
+  ``backbone.*`` Swin names → ours; its derived buffers are skipped here. A whole released model
+  (``sequence_encoder``/``sequence_decoder`` too) is loaded by ``checkpoint.load_params``, which
+  recognises the layout itself (:func:`is_easymia`) and checks the buffers
+  (:func:`convert_easymia`).
 - ``auto``: whichever of the above loads the most tensors (ties: the fewest unexpected keys).
 Tensors whose shape differs (e.g. a 1000-class ImageNet head vs our 6 outputs) are not loaded
 and are listed in the report.
@@ -24,6 +29,7 @@ from typing import Callable
 import numpy as np
 import paddle
 
+from medseg.models.heads.positional import sinusoid_table
 from medseg.utils.logger import get_logger
 
 logger = get_logger("models.weights")
@@ -62,11 +68,113 @@ def map_medseg(key: str) -> str | None:
     return key
 
 
+# The released code's module names → ours (first match wins). Its ``PositionalEncoding`` holds a
+# cached table ``pos_encoder.pe``; ours computes it per length (no parameter, no buffer).
+_EASYMIA_RENAMES = (
+    ("backbone.patch_embedding.patch_embed.", "encoder.patch_embed.proj."),
+    ("backbone.patch_embedding.norm.", "encoder.patch_embed.norm."),
+    ("backbone.stages.", "encoder.layers."),
+    ("backbone.norm.", "encoder.norm."),
+    ("backbone.fc.", "encoder.head."),
+    ("sequence_encoder.", "head.transformer_encoder."),
+    ("sequence_decoder.", "head.decoder."),
+)
+_EASYMIA_MARKERS = ("backbone.patch_embedding.", "backbone.stages.", "sequence_encoder.", "sequence_decoder.")
+EASYMIA_PE = "pos_encoder.pe"
+_EASYMIA_BUFFERS = (".relative_position_index", ".attn_mask")
+PE_ATOL = 1e-5  # the released table is float64, ours float32: they differ by ~4e-6 over 60 positions
+
+
+def easymia_name(key: str) -> str:
+    """A released-model name → our full-model name (``ICHSequenceClassifier``); unknown names as is."""
+    for src, dst in _EASYMIA_RENAMES:
+        if key.startswith(src):
+            return dst + key[len(src) :]
+    return key
+
+
+def map_easymia(key: str) -> str | None:
+    """Encoder-level map (``encoder.pretrained``): the released Swin backbone's names → ours."""
+    if key.rsplit(".", 1)[-1] in _SWIN_DERIVED:
+        return None
+    name = easymia_name(key)
+    return name[len("encoder.") :] if name.startswith("encoder.") else key
+
+
+def is_easymia(keys) -> bool:
+    """True for a state dict saved by the released code (its module names, none of ours)."""
+    return any(k.startswith(_EASYMIA_MARKERS) for k in keys)
+
+
 KEY_MAPS: dict[str, Callable[[str], str | None]] = {
     "medseg": map_medseg,
     "paddleclas_swin": map_paddleclas_swin,
     "paddle_vision": map_paddle_vision,
+    "easymia": map_easymia,
 }
+
+
+@dataclass
+class EasymiaReport:
+    """What :func:`convert_easymia` did with a released model's state dict."""
+
+    renamed: int = 0  # parameters given our names
+    checked: list[str] = field(default_factory=list)  # the file's buffers, equal to ours
+    unmatched: list[str] = field(default_factory=list)  # the file's buffers with no counterpart here
+
+    def summary(self, path: str) -> str:
+        line = (f"{path}: released easymia layout: {self.renamed} tensors renamed to ours, "
+                f"{len(self.checked)} buffers checked equal to ours and not loaded")
+        if self.unmatched:
+            line += f"; {len(self.unmatched)} buffers without a counterpart here (skipped): {', '.join(self.unmatched[:4])}"
+        return line
+
+
+def _to_numpy(value) -> np.ndarray:
+    return value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
+
+
+def convert_easymia(state: dict, model: paddle.nn.Layer, path: str = "checkpoint") -> tuple[dict, EasymiaReport]:
+    """A released model's state dict → ours: parameters renamed, buffers compared and dropped.
+
+    Our model derives its buffers (window position index, shifted-window masks) and computes the
+    positional table per length, so the file's copies are not loaded; each is compared with ours
+    instead, because a difference means another geometry (window, shift, resolution) and other
+    predictions. Raises ``ValueError`` naming ``path`` and the tensor when one differs.
+    """
+    ours = dict(model.named_buffers())
+    head = getattr(model, "head", None)
+    params: dict = {}
+    seen: set[str] = set()
+    report = EasymiaReport()
+    for key, value in state.items():
+        name = easymia_name(key)
+        if key == EASYMIA_PE:
+            if not hasattr(head, "pos_encoder"):
+                report.unmatched.append(key)
+                continue
+            table = _to_numpy(value).reshape(-1, _to_numpy(value).shape[-1])
+            diff = float(np.abs(table - sinusoid_table(*table.shape).numpy()).max())
+            if diff > PE_ATOL:
+                raise ValueError(f"{path}: {key} differs from our sinusoidal positions by {diff:.3g} (> {PE_ATOL})")
+            report.checked.append(key)
+        elif key.endswith(_EASYMIA_BUFFERS):
+            if name not in ours:
+                raise ValueError(f"{path}: {key} has no counterpart {name} in the model built from the config "
+                                 "(another window, shift or image size?)")
+            mine, theirs = ours[name].numpy(), _to_numpy(value)
+            if mine.size != theirs.size or not np.array_equal(mine.reshape(theirs.shape), theirs):
+                raise ValueError(f"{path}: {key} differs from our {name} (another window, shift or image size?)")
+            report.checked.append(key)
+            seen.add(name)
+        else:
+            params[name] = value
+            report.renamed += name != key
+    extra = [n for n in ours if n.endswith(_EASYMIA_BUFFERS) and n not in seen]
+    if extra:
+        raise ValueError(f"{path}: the model built from the config has {extra[0]}, the released model has none "
+                         "(another window, shift or image size?)")
+    return params, report
 
 
 @dataclass

@@ -23,9 +23,18 @@ def key_padding_mask(mask: paddle.Tensor) -> paddle.Tensor:
 class TransformerSequenceHead(SequenceHead):
     """The paper's stage-2 head (2 layers, 2 heads, feed-forward 200, dropout 0.2).
 
-    Post-norm encoder layers with ReLU as in ``torch.nn.TransformerEncoderLayer``. The decoder is
-    initialised as in the original (weights uniform in ±``init_range``, bias zero); the encoder
-    layers keep Paddle's default initialisation.
+    Post-norm encoder layers with ReLU (Paddle's ``TransformerEncoderLayer`` defaults). Initialised
+    as the released code: the encoder layers' attention and feed-forward weights uniform in
+    ±``init_range`` with zero biases (LayerNorms at 1 / 0); the decoder Linear keeps Paddle's
+    default initialisation.
+
+    Options that depart from the paper (defaults keep it exact):
+        zero_decoder: decoder weight and bias zero. With the classifier's ``residual: true`` the
+            model then starts as the slice model. ``init_range: 0`` means the same (kept for
+            earlier configs; the encoder layers then keep the original ±0.1).
+        feature_norm: a LayerNorm (no affine) on the features before the positions are added, so
+            that features of any scale meet the ±1 sinusoids as the original's LayerNorm'd Swin
+            features do (a CNN's max-pooled features can be many times larger).
     """
 
     def __init__(
@@ -37,22 +46,42 @@ class TransformerSequenceHead(SequenceHead):
         dropout: float = 0.2,
         num_classes: int = 6,
         init_range: float = 0.1,
+        zero_decoder: bool = False,
+        feature_norm: bool = False,
     ):
+        if init_range < 0:
+            raise ValueError(f"init_range must be >= 0, got {init_range}")
         self.num_layers, self.nhead, self.dim_feedforward = num_layers, nhead, dim_feedforward
-        self.dropout_p, self.init_range = dropout, init_range
+        self.dropout_p = dropout
+        self.zero_decoder = bool(zero_decoder) or init_range == 0
+        self.init_range = init_range if init_range > 0 else 0.1
+        self.feature_norm = bool(feature_norm)
         super().__init__(d_model, num_classes)
 
     def _build(self, d_model: int) -> None:
         if d_model % self.nhead:
             raise ValueError(f"d_model {d_model} is not divisible by nhead {self.nhead}")
+        if self.feature_norm:
+            self.input_norm = nn.LayerNorm(d_model, weight_attr=False, bias_attr=False)
         self.pos_encoder = PositionalEncoding(d_model, self.dropout_p)
-        layer = nn.TransformerEncoderLayer(d_model, self.nhead, self.dim_feedforward, self.dropout_p, activation="relu")
-        self.transformer_encoder = nn.TransformerEncoder(layer, self.num_layers)
-        init = nn.initializer.Uniform(-self.init_range, self.init_range)
-        self.decoder = nn.Linear(
-            d_model, self.num_classes, weight_attr=paddle.ParamAttr(initializer=init), bias_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0))
+        layer = nn.TransformerEncoderLayer(
+            d_model,
+            self.nhead,
+            self.dim_feedforward,
+            self.dropout_p,
+            activation="relu",
+            weight_attr=paddle.ParamAttr(initializer=nn.initializer.Uniform(-self.init_range, self.init_range)),
+            bias_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)),
         )
+        self.transformer_encoder = nn.TransformerEncoder(layer, self.num_layers)
+        if self.zero_decoder:
+            zero = paddle.ParamAttr(initializer=nn.initializer.Constant(0.0))
+            self.decoder = nn.Linear(d_model, self.num_classes, weight_attr=zero, bias_attr=zero)
+        else:
+            self.decoder = nn.Linear(d_model, self.num_classes)
 
     def _forward(self, x: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
+        if self.feature_norm:
+            x = self.input_norm(x)
         x = self.transformer_encoder(self.pos_encoder(x), key_padding_mask(mask))
         return self.decoder(x)

@@ -1,0 +1,64 @@
+"""bench/ablation.sh in miniature: two seeds, a tiny encoder, a few iterations per arm.
+
+Checks the shell glue (cohort per seed, stage 1 with selection, four equal stage-2 arms, test-split
+scoring), the summary (mean ± sd, ratios computed from the per-seed scores) and the exit status
+(non-zero exactly when the transformer misses its target, unless ``--no-fail``).
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_end_to_end import TINY  # the demo configs at toy scale (heads are replaced per arm)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ARMS = ("no_context", "transformer", "transformer_paper", "bigru")
+pytestmark = pytest.mark.slow  # end to end: bench/ablation.sh (cohorts, training, inference)
+LINE = re.compile(r"ablation head=(\w+) weighted_logloss=([0-9.]+) ratio_to_slice_only=([0-9.]+) ratio_to_no_context=([0-9.]+)")
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ablation")
+    env = dict(os.environ, PYTHON=sys.executable, ABL_OUT=str(tmp / "out"), ABL_SEEDS="1 2", ABL_SERIES="8",
+               ABL_SIZE="64", ABL_SLICES="6", ABL_PRETRAIN_ITERS="4", ABL_ITERS="2", ABL_PROCS="1")
+    for key, base, batch in (("ABL_PRETRAIN_CONFIG", "demo_cpu_pretrain.yml", 4), ("ABL_CONFIG", "demo_cpu.yml", 1)):
+        (tmp / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch, head="{}"))
+        env[key] = str(tmp / base)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "ablation.sh")], env=env, capture_output=True, text=True, timeout=900)
+    return tmp / "out", proc
+
+
+def test_ablation_bench_ends_with_one_line_per_arm(bench_run):
+    out, proc = bench_run
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()[-len(ARMS):]
+    parsed = [LINE.fullmatch(line) for line in lines]
+    assert all(parsed), lines
+    assert tuple(m.group(1) for m in parsed) == ARMS
+    # The printed means are those of the per-seed test scores.
+    rows = [line.split("\t") for line in (out / "scores.tsv").read_text().splitlines()]
+    score = {(s, a): float(x) for s, a, x in rows}
+    assert {s for s, _ in score} == {"1", "2"} and len(score) == 2 * (len(ARMS) + 1)
+    for m in parsed:
+        arm = m.group(1)
+        assert float(m.group(2)) == pytest.approx(np.mean([score[s, arm] for s in ("1", "2")]), abs=1e-5)
+        assert float(m.group(4)) == pytest.approx(np.mean([score[s, arm] / score[s, "no_context"] for s in ("1", "2")]), abs=1e-3)
+        assert float(m.group(3)) == pytest.approx(np.mean([score[s, arm] / score[s, "slice_only"] for s in ("1", "2")]), abs=1e-3)
+    assert "mean ± sd" in proc.stdout
+    # Every stage-2 arm started from stage 1's selected checkpoint and kept its own best_model.
+    for seed in ("1", "2"):
+        assert (out / f"seed_{seed}" / "slice_only" / "best_model").is_dir()
+        for arm in ARMS:
+            assert (out / f"seed_{seed}" / arm / "best_model").is_dir(), arm
+
+
+def test_ablation_bench_exits_non_zero_exactly_when_the_target_is_missed(bench_run):
+    _, proc = bench_run
+    ratio = float(LINE.fullmatch(proc.stdout.strip().splitlines()[-3]).group(4))  # the transformer line
+    assert proc.returncode == (0 if ratio <= 0.85 else 1), proc.stdout[-2000:]
+    assert ("NOT met" in proc.stdout) == (ratio > 0.85)
