@@ -2,7 +2,7 @@
 
 Checks the shell glue (cohort per seed, stage 1 with selection, four equal stage-2 arms, test-split
 scoring), the summary (mean ± sd, ratios computed from the per-seed scores) and the exit status
-(non-zero exactly when the transformer misses its target, unless ``--no-fail``).
+(non-zero exactly when the transformer misses its target, unless ``--no_fail``).
 """
 
 import os
