@@ -16,6 +16,7 @@ from medseg.models import (
     BiGRUSequenceHead,
     CNNEncoder,
     ICHSequenceClassifier,
+    SliceMLPHead,
     SwinTransformer,
     TransformerSequenceHead,
     load_pretrained,
@@ -200,13 +201,18 @@ def test_transformer_head_defaults_and_init_as_the_released_code():
         TransformerSequenceHead(d_model=32, init_range=-1)
 
 
-def test_transformer_head_feature_norm_makes_it_scale_invariant():
+@pytest.mark.parametrize("head_cls", [TransformerSequenceHead, BiGRUSequenceHead, SliceMLPHead])
+def test_feature_norm_makes_every_head_scale_invariant(head_cls):
     paddle.seed(0)
-    head = TransformerSequenceHead(d_model=16, feature_norm=True)
+    head = head_cls(d_model=16, feature_norm=True)
     head.eval()
     x = paddle.to_tensor(np.random.default_rng(0).normal(size=(1, 4, 16)).astype("float32"))
     np.testing.assert_allclose(head(x).numpy(), head(x * 50.0).numpy(), atol=1e-4)
-    assert not TransformerSequenceHead(d_model=16).feature_norm and not head.input_norm.parameters()
+    plain = head_cls(d_model=16)
+    plain.eval()
+    assert not plain.feature_norm and not head.input_norm.parameters()
+    assert np.abs(plain(x).numpy() - plain(x * 50.0).numpy()).max() > 1e-2  # without it, scale matters
+    assert set(head.state_dict()) == set(plain.state_dict())  # no parameters: checkpoints interchange
 
 
 def test_bigru_rejects_masks_with_holes():

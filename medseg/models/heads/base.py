@@ -5,6 +5,12 @@ YAML cannot know the encoder's feature width. A head built with ``d_model: null`
 creates its layers when :meth:`SequenceHead.bind` is called; ``ICHSequenceClassifier`` does that
 with ``encoder.feature_dim`` in its constructor (before any optimizer sees the parameters). An
 explicit ``d_model`` builds immediately and must then match the encoder.
+
+``feature_norm`` (every head, off by default, not in the paper) puts a LayerNorm without learned
+weights on the features before the head sees them. The paper's heads met LayerNorm'd Swin features;
+a CNN's max-pooled features run many times larger (the demo encoder's up to about 50), which
+drowns the transformer's ±1 sinusoidal positions and saturates a GRU's gates (the demo's BiGRU
+stage 2 on a frozen eval-mode encoder produced a NaN gradient within 30 steps without it).
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import paddle.nn as nn
 class SequenceHead(nn.Layer, abc.ABC):
     """features [B, S, D] + bool mask [B, S] (True = real slice) → logits [B, S, num_classes]."""
 
-    def __init__(self, d_model: int | None, num_classes: int = 6):
+    def __init__(self, d_model: int | None, num_classes: int = 6, feature_norm: bool = False):
         super().__init__()
         self.d_model: int | None = None
         self.num_classes = int(num_classes)
+        self.feature_norm = bool(feature_norm)
         if d_model is not None:
             self.bind(d_model)
 
@@ -32,6 +39,8 @@ class SequenceHead(nn.Layer, abc.ABC):
                 raise ValueError(f"{type(self).__name__} was built for d_model={self.d_model}, the encoder gives {d_model}")
             return self
         self.d_model = int(d_model)
+        if self.feature_norm:  # no parameters: checkpoints are the same with or without it
+            self.input_norm = nn.LayerNorm(self.d_model, weight_attr=False, bias_attr=False)
         self._build(self.d_model)
         return self
 
@@ -48,4 +57,6 @@ class SequenceHead(nn.Layer, abc.ABC):
             raise RuntimeError(f"{type(self).__name__} has no d_model yet: pass d_model or call bind(encoder.feature_dim)")
         if mask is None:
             mask = paddle.ones(x.shape[:2], dtype="bool")
+        if self.feature_norm:
+            x = self.input_norm(x)
         return self._forward(x, mask.astype("bool"))

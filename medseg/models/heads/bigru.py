@@ -25,9 +25,10 @@ class BiGRUSequenceHead(SequenceHead):
         num_layers: int = 2,
         dropout: float = 0.2,
         num_classes: int = 6,
+        feature_norm: bool = False,
     ):
         self.hidden_size, self.num_layers, self.dropout_p = hidden_size, num_layers, dropout
-        super().__init__(d_model, num_classes)
+        super().__init__(d_model, num_classes, feature_norm)
 
     def _build(self, d_model: int) -> None:
         self.gru = nn.GRU(

@@ -17,9 +17,10 @@ class SliceMLPHead(SequenceHead):
     from its own features; what a sequence head scores beyond it is what the neighbours add.
     """
 
-    def __init__(self, d_model: int | None = None, hidden_size: int = 256, dropout: float = 0.2, num_classes: int = 6):
+    def __init__(self, d_model: int | None = None, hidden_size: int = 256, dropout: float = 0.2, num_classes: int = 6,
+                 feature_norm: bool = False):
         self.hidden_size, self.dropout_p = hidden_size, dropout
-        super().__init__(d_model, num_classes)
+        super().__init__(d_model, num_classes, feature_norm)
 
     def _build(self, d_model: int) -> None:
         self.mlp = nn.Sequential(

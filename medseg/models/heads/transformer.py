@@ -34,7 +34,7 @@ class TransformerSequenceHead(SequenceHead):
             earlier configs; the encoder layers then keep the original ±0.1).
         feature_norm: a LayerNorm (no affine) on the features before the positions are added, so
             that features of any scale meet the ±1 sinusoids as the original's LayerNorm'd Swin
-            features do (a CNN's max-pooled features can be many times larger).
+            features do (:class:`SequenceHead`, shared by every head).
     """
 
     def __init__(
@@ -55,14 +55,11 @@ class TransformerSequenceHead(SequenceHead):
         self.dropout_p = dropout
         self.zero_decoder = bool(zero_decoder) or init_range == 0
         self.init_range = init_range if init_range > 0 else 0.1
-        self.feature_norm = bool(feature_norm)
-        super().__init__(d_model, num_classes)
+        super().__init__(d_model, num_classes, feature_norm)
 
     def _build(self, d_model: int) -> None:
         if d_model % self.nhead:
             raise ValueError(f"d_model {d_model} is not divisible by nhead {self.nhead}")
-        if self.feature_norm:
-            self.input_norm = nn.LayerNorm(d_model, weight_attr=False, bias_attr=False)
         self.pos_encoder = PositionalEncoding(d_model, self.dropout_p)
         layer = nn.TransformerEncoderLayer(
             d_model,
@@ -81,7 +78,5 @@ class TransformerSequenceHead(SequenceHead):
             self.decoder = nn.Linear(d_model, self.num_classes)
 
     def _forward(self, x: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
-        if self.feature_norm:
-            x = self.input_norm(x)
         x = self.transformer_encoder(self.pos_encoder(x), key_padding_mask(mask))
         return self.decoder(x)
