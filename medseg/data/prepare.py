@@ -14,8 +14,10 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
+from multiprocessing.pool import Pool
 from operator import attrgetter
 
 import cv2
@@ -37,6 +39,7 @@ from medseg.utils.logger import get_logger
 from medseg.utils.pool import default_workers, parallel_map, worker_pool
 
 logger = get_logger("data.prepare")
+
 
 @dataclass
 class PrepareSummary:
@@ -72,7 +75,7 @@ def _limit_threads() -> None:
     cv2.setNumThreads(1)
 
 
-def _worker_pool(workers: int):
+def _worker_pool(workers: int) -> AbstractContextManager[Pool | None]:
     """One pool for the whole run (scan and cache), this module preloaded in the fork server so
     workers start with everything they need imported; None for in-process work."""
     return worker_pool(workers, preload=[__name__], initializer=_limit_threads)
