@@ -48,7 +48,8 @@ from medseg.data.collate import collate_series  # noqa: E402
 from medseg.data.dataset import RSNASeriesDataset  # noqa: E402
 from medseg.data.device_augment import to_model_input  # noqa: E402
 from medseg.data.meta import meta_files, meta_path, read_meta_file, write_meta  # noqa: E402
-from medseg.data.prepare import _plan_tasks, _scan_one, list_dicom_files, prepare  # noqa: E402
+from medseg.data.prepare import prepare  # noqa: E402
+from medseg.data.scan import list_dicom_files, plan_tasks, scan_header  # noqa: E402
 from medseg.data.series_volume import build_volume  # noqa: E402
 from medseg.data.transforms import (HorizontalFlip, Normalize, RandomResizedCrop, RandomRotation,  # noqa: E402
                                     ToCHW, VerticalFlip)
@@ -132,9 +133,9 @@ def make_data(raw: str, work: str) -> tuple[str, list[str], dict]:
     files = list_dicom_files(raw)
     headers: dict[str, list] = {split: [] for split in files}
     for split, paths in files.items():
-        headers[split] = [h for h in map(_scan_one, paths) if not isinstance(h, DicomReadError)]
+        headers[split] = [h for h in map(scan_header, paths) if not isinstance(h, DicomReadError)]
     npz, info = [], {"published_hw": [], "ours_hw": []}
-    for _, task in _plan_tasks(headers, raw, []):
+    for _, task in plan_tasks(headers, raw)[0]:
         volume, _, crops, _ = build_volume(task, DEFAULT_WINDOWS)  # the same windowed slices prepare cached
         if not len(volume):
             continue

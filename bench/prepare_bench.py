@@ -46,7 +46,8 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 
 from medseg.constants import DEFAULT_WINDOWS, TEST_DIR, TRAIN_DIR
-from medseg.data.prepare import list_dicom_files, prepare
+from medseg.data.prepare import prepare
+from medseg.data.scan import list_dicom_files
 from medseg.data.synthetic import generate_cohort
 from medseg.dicom.validation import disable_value_validation
 from medseg.utils.logger import setup_logger
@@ -162,17 +163,17 @@ def _rss_child(raw: str, out: str, queue) -> None:
     """A fresh process doing exactly a worker's job on one series: header scan, order, build."""
     import glob
 
-    from medseg.data.prepare import _scan_one, _task_for
+    from medseg.data.scan import scan_header, task_for
     from medseg.data.series_volume import process_series
     from medseg.dicom.header import SliceHeader
     from medseg.dicom.series import group_series
 
     paths = sorted(glob.glob(os.path.join(raw, TRAIN_DIR, "*.dcm")) + glob.glob(os.path.join(raw, TEST_DIR, "*.dcm")))
-    headers = [h for h in map(_scan_one, paths) if isinstance(h, SliceHeader)]  # the truncated file is skipped
+    headers = [h for h in map(scan_header, paths) if isinstance(h, SliceHeader)]  # the truncated file is skipped
     series = max(group_series(headers)[0], key=lambda s: len(s.slices))
     before = _peak_rss_mib()
-    record = process_series(_task_for(series, raw), out, DEFAULT_WINDOWS)
-    queue.put((_peak_rss_mib(), before, len(record["slice_ids"])))
+    record = process_series(task_for(series, raw), out, DEFAULT_WINDOWS)
+    queue.put((_peak_rss_mib(), before, len(record.slice_ids)))
 
 
 def _peak_rss_mib() -> float:

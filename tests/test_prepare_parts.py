@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import cv2
@@ -12,10 +13,10 @@ import pytest
 from dicom_fixtures import ct_dataset, phantom, save
 from medseg.constants import DEFAULT_WINDOWS, LABELS
 from medseg.data.crop import crop_box
-from medseg.data.prepare import _task_for
 from medseg.data.kaggle_tables import label_file_mismatch, read_label_table
 from medseg.data.split import assign_folds, series_strata
 from medseg.data.cache import read_crops
+from medseg.data.scan import task_for
 from medseg.data.series_volume import build_volume, process_series
 from medseg.data.windows import apply_windows, parse_windows, window_uint8
 from medseg.dicom.header import read_header
@@ -116,10 +117,12 @@ def test_slice_failing_after_the_scan_is_dropped_from_the_streamed_cache(tmp_pat
     series = group_series([read_header(p) for p in paths])[0][0]
     with open(paths[1], "r+b") as fh:
         fh.truncate(os.path.getsize(paths[1]) - 100)
-    task = _task_for(series, str(raw))
+    task = task_for(series, str(raw))
     record = process_series(task, str(tmp_path / "out"), DEFAULT_WINDOWS)
     volume, kept, crops, errors = build_volume(task, DEFAULT_WINDOWS)
-    assert record["shape"] == list(volume.shape) and volume.shape[0] == 3 and len(record["errors"]) == 1 == len(errors)
-    assert record["crops"] == [list(c) for c in crops] and record["slice_ids"] == [task.slice_ids[i] for i in kept]
-    for got, image, (y0, y1, x0, x1) in zip(read_crops(str(tmp_path / "out" / record["cache"])), volume, crops, strict=True):
+    assert record.shape == volume.shape and volume.shape[0] == 3 and record.errors == tuple(errors) and len(errors) == 1
+    assert errors[0].file == "ID_1.dcm" and errors[0].series_id == "ID_s" and not record.reused
+    assert record.crops == tuple(crops) and record.slice_ids == tuple(task.slice_ids[i] for i in kept)
+    assert process_series(task, str(tmp_path / "out"), DEFAULT_WINDOWS) == dataclasses.replace(record, reused=True)  # from its .json
+    for got, image, (y0, y1, x0, x1) in zip(read_crops(str(tmp_path / "out" / record.cache)), volume, crops, strict=True):
         np.testing.assert_array_equal(got, image[y0:y1, x0:x1])

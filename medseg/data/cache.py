@@ -37,7 +37,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -311,13 +311,11 @@ def read_crops(path: str) -> list[np.ndarray]:
     return cache.read_many(range(len(cache)))
 
 
-def write_series(path: str, record_path: str, frame: tuple[int, int], windows: tuple[Window, ...],
-                 slices: Iterable[tuple[Box, np.ndarray, np.ndarray | None]],
-                 make_record: Callable[[int], dict[str, Any]], durable: bool = False) -> dict[str, Any]:
-    """Cache file first (:func:`write_cache_file`), then the record ``make_record(count)``: the
-    record's existence implies a complete file."""
-    count = write_cache_file(path, frame, windows, slices, durable)
-    record = {**make_record(count), "cache_bytes": os.path.getsize(path) if count else 0}
+def write_record(record_path: str, record: dict[str, Any], cache_path: str, durable: bool = False) -> dict[str, Any]:
+    """Write the record of a series whose cache file :func:`write_cache_file` has written (or
+    left out, when ``record["shape"][0]`` is 0), with the file's size as ``cache_bytes``. The
+    record comes after the file: its existence implies a complete file."""
+    record = {**record, "cache_bytes": os.path.getsize(cache_path) if record["shape"][0] else 0}
     atomic_write_json(record_path, record, durable=durable)
     return record
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from medseg.data import cache as cache_io
 from medseg.data.crop import crop_box
+from medseg.data.records import ErrorRow, SeriesRecord
 from medseg.data.windows import Window, apply_windows, format_windows
 from medseg.dicom.errors import DicomReadError
 from medseg.dicom.header import SliceHeader
@@ -105,10 +106,10 @@ Crop = tuple[int, int, int, int]
 
 
 def window_slices(task: SeriesTask, windows: tuple[Window, ...], target: Callable[[int], np.ndarray],
-                  errors: list[tuple[str, str, str]], words_out: list | None = None) -> Iterator[tuple[int, Crop, np.ndarray]]:
+                  errors: list[ErrorRow], words_out: list | None = None) -> Iterator[tuple[int, Crop, np.ndarray]]:
     """Decode and window each slice into ``target(k)`` (``[H, W, C]`` uint8; k counts the slices
     kept so far) and yield ``(index in the series, crop box, that image)`` per good slice. A bad
-    slice is appended to ``errors`` as (file, reason, error class) and skipped, never raised.
+    slice is appended to ``errors`` and skipped, never raised.
     ``words_out``, if given, holds ``[words, params, layout]`` of the slice being yielded."""
     rows, cols = task.rows, task.cols
     # Per-slice buffers reused across the series: fresh pages cost more than the work done in them.
@@ -126,10 +127,10 @@ def window_slices(task: SeriesTask, windows: tuple[Window, ...], target: Callabl
             out = target(kept)
             window_words(words, params, layout, windows, out, scratch)
         except DicomReadError as exc:
-            errors.append((rel, exc.reason, type(exc).__name__))
+            errors.append(ErrorRow(rel, task.series_id, exc.reason, type(exc).__name__))
             continue
         except Exception as exc:  # a file pydicom chokes on in an unforeseen way must not stop the run
-            errors.append((rel, f"unexpected {type(exc).__name__}: {exc}", "UnexpectedError"))
+            errors.append(ErrorRow(rel, task.series_id, f"unexpected {type(exc).__name__}: {exc}", "UnexpectedError"))
             continue
         kept += 1
         if words_out is not None:
@@ -137,16 +138,15 @@ def window_slices(task: SeriesTask, windows: tuple[Window, ...], target: Callabl
         yield index, crop_box(cv2.extractChannel(out, tissue_channel, dst=tissue), eroded), out
 
 
-def build_volume(task: SeriesTask, windows: tuple[Window, ...]) -> tuple[np.ndarray, list[int], list[Crop], list[tuple[str, str, str]]]:
-    """The whole series in memory: (volume of the kept slices, kept indices, crop boxes, errors
-    as (file, reason, error class))."""
+def build_volume(task: SeriesTask, windows: tuple[Window, ...]) -> tuple[np.ndarray, list[int], list[Crop], list[ErrorRow]]:
+    """The whole series in memory: (volume of the kept slices, kept indices, crop boxes, errors)."""
     volume = np.empty((len(task.files), task.rows, task.cols, len(windows)), dtype=np.uint8)
-    errors: list[tuple[str, str, str]] = []
+    errors: list[ErrorRow] = []
     done = [(index, crop) for index, crop, _ in window_slices(task, windows, volume.__getitem__, errors)]
     return volume[: len(done)], [index for index, _ in done], [crop for _, crop in done], errors
 
 
-def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, ...], durable: bool = False) -> dict:
+def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, ...], durable: bool = False) -> SeriesRecord:
     """Build (or reuse, if complete and valid) one series' cache; returns its record. ``durable``:
     fsync the cache files (see :mod:`medseg.data.cache`).
 
@@ -158,12 +158,11 @@ def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, .
     window_text = format_windows(windows)
     record = cache_io.read_valid_record(cache_path, record_path, inputs, window_text)
     if record is not None:
-        record["reused"] = True
-        return record
+        return SeriesRecord.from_json(record, reused=True)
     image = np.empty((task.rows, task.cols, len(windows)), dtype=np.uint8)
     kept: list[int] = []
     crops: list[Crop] = []
-    errors: list[tuple[str, str, str]] = []
+    errors: list[ErrorRow] = []
     decoded: list = []
 
     def head_crops() -> Iterator[tuple[Crop, np.ndarray, np.ndarray | None]]:
@@ -175,27 +174,24 @@ def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, .
             table = code_lut(params, layout, windows)
             yield crop, out[y0:y1, x0:x1], None if table is None else np.take(table, words[y0:y1, x0:x1])
 
-    def make_record(count: int) -> dict:
-        return {
-            "series_id": task.series_id,
-            "study_id": task.study_id,
-            "patient_id": task.patient_id,
-            "cache": rel if count else "",
-            "format": cache_io.FORMAT,
-            "windows": window_text,
-            "inputs": inputs,
-            "shape": [count, *image.shape],
-            "slice_ids": [task.slice_ids[i] for i in kept],
-            "positions": [task.positions[i] for i in kept],
-            "spacing": task.spacing,
-            "crops": [list(c) for c in crops],
-            "errors": [list(e) for e in errors],
-        }
-
-    record = cache_io.write_series(cache_path, record_path, (task.rows, task.cols), tuple(windows), head_crops(), make_record, durable)
+    count = cache_io.write_cache_file(cache_path, (task.rows, task.cols), tuple(windows), head_crops(), durable)
+    record = {
+        "series_id": task.series_id,
+        "study_id": task.study_id,
+        "patient_id": task.patient_id,
+        "cache": rel if count else "",
+        "format": cache_io.FORMAT,
+        "windows": window_text,
+        "inputs": inputs,
+        "shape": [count, *image.shape],
+        "slice_ids": [task.slice_ids[i] for i in kept],
+        "positions": [task.positions[i] for i in kept],
+        "spacing": task.spacing,
+        "crops": [list(c) for c in crops],
+        "errors": [[e.file, e.reason, e.kind] for e in errors],
+    }
+    record = cache_io.write_record(record_path, record, cache_path, durable)
     legacy = os.path.join(dataset_root, cache_io.CACHE_DIR, os.path.basename(cache_path)[: -len(cache_io.SUFFIX)] + cache_io.LEGACY_SUFFIX)
     if os.path.exists(legacy):  # the old uncompressed format of this series, now replaced
         os.unlink(legacy)
-        record["replaced_legacy"] = True
-    record["reused"] = False
-    return record
+    return SeriesRecord.from_json(record, reused=False)

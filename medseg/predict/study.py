@@ -74,7 +74,7 @@ def load_series(series: Series, root: str, windows: tuple[Window, ...], transfor
         rows=series.shape[0], cols=series.shape[1],
     )
     volume, kept, crops, errors = build_volume(task, tuple(windows))
-    skipped = [Skipped(rel, f"{kind}: {reason}") for rel, reason, kind in errors]
+    skipped = [Skipped(e.file, f"{e.kind}: {e.reason}") for e in errors]
     if not kept:
         return None, skipped
     read = time.perf_counter()
