@@ -13,7 +13,8 @@ def collate_series(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Items of docs/design.md → ``image [B, S, C, H, W]``, ``label [B, S, 6]``, ``mask [B, S]``.
 
     Padded slices are zeros with ``mask`` False; ``slice_ids`` keeps only the real slices, so
-    nothing downstream can mistake a padding row for a slice. Items augmented on the device
+    nothing downstream can mistake a padding row for a slice. uint8 CPU-path items stay uint8
+    (with their ``norm``) until :func:`medseg.data.device_augment.to_model_input`. Items augmented on the device
     (uint8 crops + warps) become ``image`` uint8 ``[B, S, H, W, C]`` plus the fields
     :func:`medseg.data.device_augment.to_model_input` turns into the model's input.
     """
@@ -30,9 +31,15 @@ def collate_series(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         shapes = {item["image"].shape[1:] for item in items}
         if len(shapes) != 1:
             raise ValueError(f"collate_series: slices of one batch must share C × H × W, got {sorted(shapes)}")
-        fields = {"image": np.zeros((batch, longest, *shapes.pop()), dtype=np.float32)}
+        deferred = {"norm" in item for item in items}
+        if len(deferred) != 1:
+            raise ValueError("collate_series: a batch mixes normalised and uint8 slices")
+        dtype = np.uint8 if deferred.pop() else np.float32
+        fields = {"image": np.zeros((batch, longest, *shapes.pop()), dtype=dtype)}
         for b, item in enumerate(items):
             fields["image"][b, :len(item["image"])] = item["image"]
+        if dtype == np.uint8:
+            fields["norm"] = items[0]["norm"]
     label = np.zeros((batch, longest, items[0]["label"].shape[-1]), dtype=np.float32)
     mask = np.zeros((batch, longest), dtype=bool)
     for b, item in enumerate(items):

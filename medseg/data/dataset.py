@@ -9,7 +9,7 @@ was interrupted and resumed: the sampler passes ``(index, epoch)`` keys.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import paddle
@@ -40,6 +40,10 @@ class RSNASeriesDataset(paddle.io.Dataset):
     slices, drawn per (seed, epoch, index). A step then holds more series for the same compute
     (consecutive slices are alike, so series diversity is what a batch lacks); the sequence head
     still sees local context, and evaluation always takes whole series.
+
+    On the CPU path, transforms ending with ``Normalize, ToCHW`` give uint8 ``[S, C, H, W]`` slices
+    plus their ``norm`` (mean, std): the batch step normalises them
+    (:func:`medseg.data.device_augment.to_model_input`), so workers move a quarter of the bytes.
 
     ``augment_on_device``: an item holds the uint8 head crops (on one zero canvas) and the warps
     its transforms drew, and the model's device warps and normalises them
@@ -108,6 +112,10 @@ class RSNASeriesDataset(paddle.io.Dataset):
 
         Reads the compressed head-crop cache (only the slices asked for), or an old-format
         full-frame ``.npy`` cropped by the meta table's boxes."""
+        return list(self.iter_slices(index, lo, hi))
+
+    def iter_slices(self, index: int, lo: int = 0, hi: int | None = None) -> Iterator[np.ndarray]:
+        """:meth:`load_slices` one slice at a time (decoded as the transforms reach it)."""
         path = self.cache_paths[index]
         start, end = int(self.starts[index]), int(self.ends[index])
         try:
@@ -125,7 +133,7 @@ class RSNASeriesDataset(paddle.io.Dataset):
             self._legacy_noted = True
             logger.warning("%s: old-format cache (uncompressed full frames); rerun the prepare step to shrink it ~10x", path)
         try:
-            return cache.read_many(range(lo, hi))
+            yield from cache.iter_many(range(lo, hi))
         except CacheFormatError as err:
             raise ValueError(f"{err} (series {self.series_ids[index]}; rerun the prepare step to rebuild it)") from err
 
@@ -145,11 +153,12 @@ class RSNASeriesDataset(paddle.io.Dataset):
         index, epoch = split_key(key)
         lo, hi = self.window(index, epoch)
         start = int(self.starts[index])
-        return self.make_item(index, self.load_slices(index, lo, hi), np.arange(start + lo, start + hi), self.rng(index, epoch))
+        return self.make_item(index, self.iter_slices(index, lo, hi), np.arange(start + lo, start + hi), self.rng(index, epoch))
 
-    def make_item(self, index: int, slices: list[np.ndarray], rows: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
-        """The item of series ``index`` from its cropped ``slices`` (meta ``rows``): transformed on
-        the CPU, or as uint8 crops + drawn warps for the device (``augment_on_device``)."""
+    def make_item(self, index: int, slices: Iterable[np.ndarray], rows: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+        """The item of series ``index`` from its cropped ``slices`` (meta ``rows``, in order; a
+        list or an iterator): transformed on the CPU, or as uint8 crops + drawn warps for the
+        device (``augment_on_device``)."""
         if self.augment_on_device:
             crops, plan = self.transforms.device_plan(slices, rng)
             canvas = np.zeros((len(crops), max(c.shape[0] for c in crops), max(c.shape[1] for c in crops), crops[0].shape[2]), np.uint8)
@@ -158,7 +167,14 @@ class RSNASeriesDataset(paddle.io.Dataset):
             fields = {"image": canvas, "inverse": plan.inverse, "cuts": plan.cuts, "out_hw": plan.out_hw,
                       "mean": plan.mean, "std": plan.std}
         else:
-            fields = {"image": self.transforms.stack(slices, rng).astype(np.float32, copy=False)}
+            image = self.transforms.stack(slices, rng, normalize=False)
+            normalize = self.transforms.final_normalize()
+            if image.dtype == np.uint8 and normalize is not None:  # normalised in the batch step (to_model_input)
+                channels = image.shape[1]
+                fields = {"image": image, "norm": np.stack([np.broadcast_to(normalize.mean, (channels,)),
+                                                            np.broadcast_to(normalize.std, (channels,))]).astype(np.float32)}
+            else:
+                fields = {"image": image.astype(np.float32, copy=False)}
         return {
             **fields,
             "label": self.labels[rows].copy(),

@@ -60,11 +60,27 @@ def warp_batch(image: paddle.Tensor, theta: paddle.Tensor, cuts: paddle.Tensor, 
     return out * scale - shift
 
 
+def normalize_batch(image: paddle.Tensor, norm: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
+    """uint8 ``[B, S, C, H, W]`` → float32 ``(x / 255 - mean) / std`` (``norm`` [2, C]), padded
+    slices 0. The same float32 operations, each rounded once, as the CPU's
+    :class:`medseg.data.transforms.Normalize` table, so the result is bit for bit the same."""
+    shape = [1, 1, int(norm.shape[1]), 1, 1]
+    x = image.astype("float32") / paddle.full([], 255.0, "float32")
+    out = (x - norm[0].reshape(shape)) / norm[1].reshape(shape)
+    keep = mask.astype("bool").reshape([*mask.shape, 1, 1, 1])
+    return paddle.where(keep, out, paddle.zeros([], "float32"))
+
+
 def to_model_input(batch: dict[str, Any]) -> dict[str, Any]:
     """The batch the model takes: a device-augmentation batch (uint8 canvases + warps) is warped
-    and normalised here, on the device; a CPU-path batch is returned as it is."""
+    and normalised here, on the device; a CPU-path batch of uint8 slices is normalised here; a
+    float32 batch is returned as it is."""
     if "theta" not in batch:
-        return batch
+        if "norm" not in batch:
+            return batch
+        result = {k: v for k, v in batch.items() if k != "norm"}
+        result["image"] = normalize_batch(_on_device(batch["image"]), _on_device(batch["norm"]), _on_device(batch["mask"]))
+        return result
     image = _on_device(batch["image"])
     b, s = image.shape[:2]
     theta, cuts = _on_device(batch["theta"]), _on_device(batch["cuts"])
