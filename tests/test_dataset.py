@@ -12,6 +12,7 @@ from medseg.constants import LABELS
 from medseg.data.cache import read_crops
 from medseg.data.collate import collate_series
 from medseg.data.dataset import ConcatSeriesDataset, RSNASeriesDataset
+from medseg.data.device_augment import to_model_input
 from medseg.data.sampler import SeriesBatchSampler
 from medseg.data.transforms import (Compose, HorizontalFlip, Normalize, RandomResizedCrop, RandomRotation, Resize,
                                     ToCHW, VerticalFlip)
@@ -39,13 +40,15 @@ def test_item_is_the_cropped_series_in_slice_order(root):
     item = ds[0]
     rows = meta[meta.series_id == item["series_id"]].sort_values("slice_idx")
     assert item["slice_ids"] == rows.slice_id.tolist()
-    assert item["image"].shape == (len(rows), 3, 32, 32) and item["image"].dtype == np.float32
+    assert item["image"].shape == (len(rows), 3, 32, 32) and item["image"].dtype == np.uint8  # normalised per batch
     np.testing.assert_array_equal(item["label"], rows[list(LABELS)].to_numpy(np.float32))
     crop = read_crops(os.path.join(root, rows.cache.iloc[0]))[1]
     r = rows.iloc[1]
     assert crop.shape[:2] == (r.crop_y1 - r.crop_y0, r.crop_x1 - r.crop_x0)
     expected = cv2.resize(crop, (32, 32), interpolation=cv2.INTER_LINEAR).astype(np.float32).transpose(2, 0, 1) / 255
-    np.testing.assert_allclose(item["image"][1], expected, atol=1e-6)
+    image = to_model_input(collate_series([item]))["image"].numpy()[0]
+    assert image.dtype == np.float32
+    np.testing.assert_allclose(image[1], expected, atol=1e-6)
 
 
 def test_built_from_yaml_dicts_and_any_tag(root):

@@ -59,13 +59,18 @@ def device_images(dataset, keys):
     return batch["image"].numpy(), np.asarray(batch["mask"])
 
 
+def model_image(item):
+    """A CPU-path item as the model sees it (uint8 slices normalised in the batch step)."""
+    return to_model_input(collate_series([item]))["image"].numpy()[0]
+
+
 @pytest.mark.parametrize("per_slice", [True, False])
 def test_same_draws_same_images_within_interpolation(root, per_slice):
     cpu = RSNASeriesDataset(root, "train", paper(), per_slice=per_slice, seed=5)
     dev = RSNASeriesDataset(root, "train", paper(), per_slice=per_slice, seed=5, augment_on_device=True)
     for index in range(len(cpu)):
         for epoch in (0, 3):
-            expected = cpu[(index, epoch)]["image"]
+            expected = model_image(cpu[(index, epoch)])
             got, _ = device_images(dev, [(index, epoch)])
             diff = np.abs(got[0] - expected) * np.asarray(STD, np.float32)[:, None, None] * 255  # grey levels
             assert got[0].shape == expected.shape
@@ -79,7 +84,7 @@ def test_eval_resize_on_the_device(root):
     cpu = RSNASeriesDataset(root, "train", transforms)
     dev = RSNASeriesDataset(root, "train", [Resize(40), Normalize(MEAN, STD), ToCHW()], augment_on_device=True)
     got, _ = device_images(dev, [0])
-    diff = np.abs(got[0] - cpu[0]["image"]) * np.asarray(STD, np.float32)[:, None, None] * 255
+    diff = np.abs(got[0] - model_image(cpu[0])) * np.asarray(STD, np.float32)[:, None, None] * 255
     assert diff.max() < 1.5
 
 
@@ -108,7 +113,8 @@ def test_items_are_deterministic_uint8_and_cheap(root):
 def test_cpu_batches_pass_through_and_modes_do_not_mix(root):
     cpu = RSNASeriesDataset(root, "train", paper(), seed=2)
     dev = RSNASeriesDataset(root, "train", paper(), seed=2, augment_on_device=True)
-    batch = collate_series([cpu[0]])
+    item = {k: v for k, v in cpu[0].items() if k != "norm"}
+    batch = collate_series([{**item, "image": model_image(cpu[0])}])  # float32 slices: nothing left to do
     assert to_model_input(batch) is batch
     with pytest.raises(ValueError, match="mixes items"):
         collate_series([cpu[0], dev[1]])

@@ -31,10 +31,10 @@ def collate_series(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         shapes = {item["image"].shape[1:] for item in items}
         if len(shapes) != 1:
             raise ValueError(f"collate_series: slices of one batch must share C × H × W, got {sorted(shapes)}")
-        deferred = {"norm" in item for item in items}
-        if len(deferred) != 1:
-            raise ValueError("collate_series: a batch mixes normalised and uint8 slices")
-        dtype = np.uint8 if deferred.pop() else np.float32
+        deferred = {("norm" in item, item["image"].dtype == np.uint8) for item in items}
+        if deferred not in ({(True, True)}, {(False, False)}):
+            raise ValueError("collate_series: a batch must hold either float32 slices or uint8 slices with their norm")
+        dtype = np.uint8 if deferred.pop()[0] else np.float32
         fields = {"image": np.zeros((batch, longest, *shapes.pop()), dtype=dtype)}
         for b, item in enumerate(items):
             fields["image"][b, :len(item["image"])] = item["image"]
