@@ -111,6 +111,10 @@ class AffineTransform(Transform):
         return _warp(image, matrix[:2], out_hw)
 
 
+_IDENTITY = np.eye(3)
+_IDENTITY.flags.writeable = False  # shared: AffineTransform.affine may return it
+
+
 def _scale_matrix(sy: float, sx: float, y0: float = 0.0, x0: float = 0.0) -> np.ndarray:
     """Pixel-centre scaling (cv2.resize's convention) of the box starting at (y0, x0)."""
     return np.array([[sx, 0.0, (0.5 - x0) * sx - 0.5], [0.0, sy, (0.5 - y0) * sy - 0.5], [0.0, 0.0, 1.0]])
@@ -184,11 +188,12 @@ class _Flip(AffineTransform):
         return bool(rng.uniform() < self.prob)
 
     def affine(self, params: bool, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        if not params:
+            return _IDENTITY, tuple(in_hw)
         matrix = np.eye(3)
-        if params:
-            # row 0 of the matrix maps x (columns), row 1 maps y (rows)
-            row = 1 - self.axis
-            matrix[row, row], matrix[row, 2] = -1.0, in_hw[self.axis] - 1.0
+        # row 0 of the matrix maps x (columns), row 1 maps y (rows)
+        row = 1 - self.axis
+        matrix[row, row], matrix[row, 2] = -1.0, in_hw[self.axis] - 1.0
         return matrix, tuple(in_hw)
 
     def apply(self, image: np.ndarray, params: bool) -> np.ndarray:
@@ -221,8 +226,9 @@ class RandomRotation(AffineTransform):
 
     def affine(self, params: float, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
         height, width = in_hw
-        matrix = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), params, 1.0)
-        return np.vstack([matrix, [0.0, 0.0, 1.0]]), (height, width)
+        matrix = np.array(_IDENTITY)
+        matrix[:2] = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), params, 1.0)
+        return matrix, (height, width)
 
 
 @TRANSFORMS.add_component
@@ -290,15 +296,24 @@ def affine_run(run: Sequence[AffineTransform], params: Sequence[Any], in_hw: tup
         matrix, shape = t.affine(p, shape)
         matrices.append(matrix)
         shapes.append(tuple(shape))
-    total = np.eye(3)
+    # The identity (a flip not drawn) is skipped: the same products, bit for bit (the loader
+    # runs this for every slice).
+    total = _IDENTITY
     for matrix in matrices:
-        total = matrix @ total
-    cuts, suffix = [], np.eye(3)
+        total = _times(matrix, total)
+    cuts, suffix = [], _IDENTITY
     for k in range(len(run) - 2, -1, -1):  # canvases after each stage but the last
-        suffix = suffix @ matrices[k + 1]
+        suffix = _times(suffix, matrices[k + 1])
         if not run[k].keeps_canvas:
             cuts.append((suffix, shapes[k]))
     return total, shapes[-1], cuts
+
+
+def _times(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 3 × 3 matrices, without the work when one is the identity."""
+    if a is _IDENTITY:
+        return b
+    return a if b is _IDENTITY else a @ b
 
 
 def pixel_to_unit(hw: tuple[int, int]) -> np.ndarray:
