@@ -40,21 +40,21 @@ def test_item_is_the_cropped_series_in_slice_order(root):
     item = ds[0]
     rows = meta[meta.series_id == item["series_id"]].sort_values("slice_idx")
     assert item["slice_ids"] == rows.slice_id.tolist()
-    assert item["image"].shape == (len(rows), 3, 32, 32) and item["image"].dtype == np.uint8  # normalised per batch
+    assert item["image"].shape == (len(rows), 32, 32, 3) and item["image"].dtype == np.uint8  # finished per batch
     np.testing.assert_array_equal(item["label"], rows[list(LABELS)].to_numpy(np.float32))
     crop = read_crops(os.path.join(root, rows.cache.iloc[0]))[1]
     r = rows.iloc[1]
     assert crop.shape[:2] == (r.crop_y1 - r.crop_y0, r.crop_x1 - r.crop_x0)
     expected = cv2.resize(crop, (32, 32), interpolation=cv2.INTER_LINEAR).astype(np.float32).transpose(2, 0, 1) / 255
     image = to_model_input(collate_series([item]))["image"].numpy()[0]
-    assert image.dtype == np.float32
+    assert image.shape == (len(rows), 3, 32, 32) and image.dtype == np.float32
     np.testing.assert_allclose(image[1], expected, atol=1e-6)
 
 
 def test_built_from_yaml_dicts_and_any_tag(root):
     ds = build({"type": "RSNASeriesDataset", "dataset_root": root, "split": "test",
                 "transforms": [{"type": "Resize", "size": 24}, {"type": "Normalize"}, {"type": "ToCHW"}]})
-    assert len(ds) == 2 and not ds.labelled and ds[1]["image"].shape[1:] == (3, 24, 24)
+    assert len(ds) == 2 and not ds.labelled and ds[1]["image"].shape[1:] == (24, 24, 3)
     assert np.isnan(ds[0]["label"]).all()
 
 

@@ -13,8 +13,9 @@ def collate_series(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Items of docs/design.md → ``image [B, S, C, H, W]``, ``label [B, S, 6]``, ``mask [B, S]``.
 
     Padded slices are zeros with ``mask`` False; ``slice_ids`` keeps only the real slices, so
-    nothing downstream can mistake a padding row for a slice. uint8 CPU-path items stay uint8
-    (with their ``norm``) until :func:`medseg.data.device_augment.to_model_input`. Items augmented on the device
+    nothing downstream can mistake a padding row for a slice. uint8 CPU-path items (``[S, H, W, C]``
+    with their ``norm``) give ``image`` uint8 ``[B, S, H, W, C]``, which
+    :func:`medseg.data.device_augment.to_model_input` normalises. Items augmented on the device
     (uint8 crops + warps) become ``image`` uint8 ``[B, S, H, W, C]`` plus the fields
     :func:`medseg.data.device_augment.to_model_input` turns into the model's input.
     """
@@ -30,7 +31,7 @@ def collate_series(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     else:
         shapes = {item["image"].shape[1:] for item in items}
         if len(shapes) != 1:
-            raise ValueError(f"collate_series: slices of one batch must share C × H × W, got {sorted(shapes)}")
+            raise ValueError(f"collate_series: slices of one batch must share one shape, got {sorted(shapes)}")
         deferred = {("norm" in item, item["image"].dtype == np.uint8) for item in items}
         if deferred not in ({(True, True)}, {(False, False)}):
             raise ValueError("collate_series: a batch must hold either float32 slices or uint8 slices with their norm")

@@ -41,9 +41,10 @@ class RSNASeriesDataset(paddle.io.Dataset):
     (consecutive slices are alike, so series diversity is what a batch lacks); the sequence head
     still sees local context, and evaluation always takes whole series.
 
-    On the CPU path, transforms ending with ``Normalize, ToCHW`` give uint8 ``[S, C, H, W]`` slices
-    plus their ``norm`` (mean, std): the batch step normalises them
-    (:func:`medseg.data.device_augment.to_model_input`), so workers move a quarter of the bytes.
+    On the CPU path, transforms ending with ``Normalize, ToCHW`` give uint8 ``[S, H, W, C]`` slices
+    plus their ``norm`` (mean, std): the batch step normalises them and lays them out as
+    C × H × W (:func:`medseg.data.device_augment.to_model_input`), so workers move a quarter of
+    the bytes and do no per-pixel work after the warp.
 
     ``augment_on_device``: an item holds the uint8 head crops (on one zero canvas) and the warps
     its transforms drew, and the model's device warps and normalises them
@@ -167,10 +168,10 @@ class RSNASeriesDataset(paddle.io.Dataset):
             fields = {"image": canvas, "inverse": plan.inverse, "cuts": plan.cuts, "out_hw": plan.out_hw,
                       "mean": plan.mean, "std": plan.std}
         else:
-            image = self.transforms.stack(slices, rng, normalize=False)
+            image = self.transforms.stack(slices, rng, deferred=True)
             normalize = self.transforms.final_normalize()
-            if image.dtype == np.uint8 and normalize is not None:  # normalised in the batch step (to_model_input)
-                channels = image.shape[1]
+            if image.dtype == np.uint8 and normalize is not None:  # [S, H, W, C]: finished in the batch step
+                channels = image.shape[-1]
                 fields = {"image": image, "norm": np.stack([np.broadcast_to(normalize.mean, (channels,)),
                                                             np.broadcast_to(normalize.std, (channels,))]).astype(np.float32)}
             else:

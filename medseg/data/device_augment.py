@@ -61,11 +61,11 @@ def warp_batch(image: paddle.Tensor, theta: paddle.Tensor, cuts: paddle.Tensor, 
 
 
 def normalize_batch(image: paddle.Tensor, norm: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
-    """uint8 ``[B, S, C, H, W]`` → float32 ``(x / 255 - mean) / std`` (``norm`` [2, C]), padded
-    slices 0. The same float32 operations, each rounded once, as the CPU's
-    :class:`medseg.data.transforms.Normalize` table, so the result is bit for bit the same."""
+    """uint8 ``[B, S, H, W, C]`` → float32 ``[B, S, C, H, W]``, ``(x / 255 - mean) / std``
+    (``norm`` [2, C]), padded slices 0. The same float32 operations, each rounded once, as the
+    CPU's :class:`medseg.data.transforms.Normalize` table, so the result is bit for bit the same."""
     shape = [1, 1, int(norm.shape[1]), 1, 1]
-    x = image.astype("float32") / paddle.full([], 255.0, "float32")
+    x = image.transpose([0, 1, 4, 2, 3]).astype("float32") / paddle.full([], 255.0, "float32")
     out = (x - norm[0].reshape(shape)) / norm[1].reshape(shape)
     keep = mask.astype("bool").reshape([*mask.shape, 1, 1, 1])
     return paddle.where(keep, out, paddle.zeros([], "float32"))

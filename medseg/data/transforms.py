@@ -347,16 +347,6 @@ def _same_hwc(images: Sequence[np.ndarray]) -> bool:
     return bool(images) and images[0].ndim == 3 and all(img.shape == images[0].shape for img in images)
 
 
-def _chw_uint8(images: Sequence[np.ndarray]) -> np.ndarray:
-    """Same-size uint8 ``H × W × C`` slices → one uint8 ``[S, C, H, W]`` array (channel planes
-    copied straight into place)."""
-    result = np.empty((len(images), images[0].shape[2], *images[0].shape[:2]), np.uint8)
-    for i, img in enumerate(images):
-        for c, plane in enumerate(cv2.split(img)):
-            result[i, c] = plane
-    return result
-
-
 class Compose:
     """Apply ``transforms`` to every slice of a series with an explicit random state.
 
@@ -385,27 +375,29 @@ class Compose:
     def __call__(self, slices: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
         return self._run(slices, rng, stack=False)
 
-    def stack(self, slices: Sequence[np.ndarray], rng: np.random.Generator, normalize: bool = True) -> np.ndarray:
+    def stack(self, slices: Iterable[np.ndarray], rng: np.random.Generator, deferred: bool = False) -> np.ndarray:
         """The transformed series as one ``[S, …]`` array (a final ``[Normalize, ToCHW]`` writes
-        into it directly, saving a copy of the whole series). ``normalize=False``: when that final
-        stage meets uint8 slices of one size, the result stays uint8 ``[S, C, H, W]`` and the
-        batch step normalises it with :meth:`final_normalize` (a quarter of the bytes to move)."""
-        return self._run(slices, rng, stack=True, normalize=normalize)
+        into it directly, saving a copy of the whole series). ``deferred``: when that final stage
+        meets uint8 slices of one size, it is left to the batch step: the result is the uint8
+        ``[S, H, W, C]`` slices, to normalise with :meth:`final_normalize` and lay out as
+        C × H × W there (:func:`medseg.data.device_augment.to_model_input`; a quarter of the
+        bytes to move, and no per-pixel work left on the CPU)."""
+        return self._run(slices, rng, stack=True, deferred=deferred)
 
     def final_normalize(self) -> Normalize | None:
         """The Normalize of a final ``[Normalize, ToCHW]`` stage, or None."""
         last = self._stages[-1] if self._stages else []
         return last[0] if len(last) == 2 and isinstance(last[0], Normalize) else None
 
-    def _run(self, slices: Iterable[np.ndarray], rng: np.random.Generator, stack: bool, normalize: bool = True):
+    def _run(self, slices: Iterable[np.ndarray], rng: np.random.Generator, stack: bool, deferred: bool = False):
         # The first stage consumes an iterator as it comes (each slice transformed while still in
         # the CPU cache); the draws keep their order: stage by stage, slice by slice.
         out = slices if len(self._stages) > 1 else list(slices)
         for n, stage in enumerate(self._stages):
             last = n == len(self._stages) - 1
             if stack and last and len(stage) == 2 and isinstance(stage[0], Normalize) and _same_hwc(out):
-                if not normalize and out[0].dtype == np.uint8:
-                    return _chw_uint8(out)
+                if deferred and out[0].dtype == np.uint8:
+                    return np.stack(out)
                 result = np.empty((len(out), out[0].shape[2], *out[0].shape[:2]), np.float32)
                 for i, img in enumerate(out):  # Normalize draws nothing: no random state to consume
                     stage[0].apply_chw(img, out=result[i])
