@@ -83,7 +83,9 @@ def test_predicts_every_ct_slice_and_skips_strays(setup):
 def test_same_input_as_the_validation_pipeline(setup, tmp_path):
     """A synthetic series goes through prepare + RSNASeriesDataset and through predict's loader:
     the model inputs must be identical (same reader, quirks, windows, crop and transforms)."""
+    from medseg.data.collate import collate_series
     from medseg.data.dataset import RSNASeriesDataset
+    from medseg.data.device_augment import to_model_input
     from medseg.data.prepare import prepare
     from medseg.data.synthetic import synthesize_series
     from medseg.data.synthetic.dicom_writer import write_series
@@ -107,7 +109,8 @@ def test_same_input_as_the_validation_pipeline(setup, tmp_path):
     loaded, bad = load_series(series[0], str(raw), DEFAULT_WINDOWS, build_eval_transforms(spec), unique_slice_ids(series, str(raw)))
     assert not bad
     assert loaded.slice_ids == item["slice_ids"]
-    np.testing.assert_array_equal(loaded.image, item["image"])
+    # The dataset ships uint8 slices and the batch step normalises them: bit for bit the same input.
+    np.testing.assert_array_equal(loaded.image, to_model_input(collate_series([item]))["image"].numpy()[0])
 
 
 def test_nothing_readable_exits_nonzero_with_one_line(setup, tmp_path, capsys):
