@@ -140,3 +140,27 @@ def test_loader_workers_hand_over_the_same_batches(root):
     assert len(images[0]) == 2
     for a, b in zip(images[0], images[2], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_uint8_batches_normalise_alike_on_host_and_device(monkeypatch):
+    """The batch step's two ways to finish CPU-path uint8 slices (cv2 tables on a CPU run, Paddle
+    ops on a GPU) give the same float32 bits, padded slices 0."""
+    import paddle
+
+    from medseg.data import device_augment
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (2, 3, 20, 24, 3), dtype=np.uint8)
+    norm = np.array([MEAN, STD], np.float32)
+    mask = np.array([[True, True, False], [True, True, True]])
+
+    def run():
+        return device_augment.normalize_batch(paddle.to_tensor(image), paddle.to_tensor(norm), paddle.to_tensor(mask)).numpy()
+
+    host = run()
+    monkeypatch.setattr(device_augment.paddle, "get_device", lambda: "gpu:0")  # the Paddle-ops branch, on this CPU
+    ops = run()
+    np.testing.assert_array_equal(host, ops)
+    expected = (image.transpose(0, 1, 4, 2, 3) / np.float32(255) - norm[0][:, None, None]) / norm[1][:, None, None]
+    np.testing.assert_allclose(host[mask], expected[mask], atol=1e-6)
+    assert host.shape == (2, 3, 3, 20, 24) and not host[0, 2].any()
