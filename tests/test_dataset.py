@@ -1,6 +1,7 @@
 """Data path: dataset over the prepared contract, transforms, per-slice vs per-series draws,
 collate/mask, sampler sharding and resume, bad input."""
 
+import math
 import os
 
 import cv2
@@ -218,3 +219,13 @@ def test_corrupt_cache_names_the_file(prepared_dataset):
     os.truncate(ds.cache_paths[0], os.path.getsize(ds.cache_paths[0]) - 3)
     with pytest.raises(ValueError, match=r"ID_val000\.hcc: no cache footer.*rerun the prepare step"):
         ds[0]
+
+
+def test_random_resized_crop_draws_as_four_uniform_calls():
+    """One rng.random(4) call draws what four rng.uniform calls drew (resume and the device path
+    rely on the exact numbers)."""
+    crop = RandomResizedCrop(32, (0.8, 1.2), (3 / 4, 4 / 3))
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(2000):
+        expected = (b.uniform(0.8, 1.2), math.exp(b.uniform(math.log(3 / 4), math.log(4 / 3))), b.uniform(), b.uniform())
+        assert crop.sample(a) == expected

@@ -157,9 +157,12 @@ class RandomResizedCrop(AffineTransform):
         self.ratio = (float(ratio[0]), float(ratio[1]))
 
     def sample(self, rng: np.random.Generator) -> tuple[float, float, float, float]:
-        area = rng.uniform(*self.scale)
-        log_ratio = rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]))
-        return area, math.exp(log_ratio), rng.uniform(), rng.uniform()
+        # One call for the four uniforms: the same numbers, bit for bit, as four rng.uniform
+        # calls (low + (high - low) * u, in that order; tests/test_dataset.py checks it).
+        u = rng.random(4).tolist()
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[0]
+        return area, math.exp(lo + (hi - lo) * u[1]), u[2], u[3]
 
     def box(self, height: int, width: int, params: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
         """(y0, x0, box_h, box_w) in pixels; the box stays inside the image, or covers it."""
@@ -427,7 +430,7 @@ class Compose:
         for suffix, (h, w) in cuts:
             # The canvas (pixel edges at -0.5 and size - 0.5) maps to a parallelogram in the output.
             corners = np.array([[-0.5, -0.5, 1], [w - 0.5, -0.5, 1], [w - 0.5, h - 0.5, 1], [-0.5, h - 0.5, 1]])
-            polygon = np.round((corners @ suffix[:2].T) * 16).astype(np.int32)  # 4 fractional bits
+            polygon = ((corners @ suffix[:2].T) * 16).round().astype(np.int32)  # 4 fractional bits
             inside = np.zeros(out_hw, np.uint8)
             cv2.fillConvexPoly(inside, polygon, 255, lineType=cv2.LINE_8, shift=4)
             mask = inside if mask is None else cv2.bitwise_and(mask, inside)
