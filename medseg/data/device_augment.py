@@ -6,14 +6,15 @@ transforms drew (:meth:`medseg.data.transforms.Compose.device_plan`, the same dr
 ``(seed, epoch, index)`` random state as the CPU path). Here one batched ``affine_grid`` +
 ``grid_sample`` does every slice's RandomResizedCrop / flips / rotation at once, then the cut
 masks and the normalisation, a handful of batched ops on the GPU instead of a warp per slice on
-a CPU core (``bench/loader_bench.py``: the worker's share drops from ~0.7 to ~0.4 ms per slice).
+a CPU core (``bench/loader_bench.py``: the worker's share drops from ~0.45 to ~0.35 ms per slice).
 Bilinear sampling with zero padding and cv2's pixel convention, so the result equals the CPU
 path's within interpolation rounding (the CPU rounds the warped image to uint8 before
 normalising; this path does not). On a CPU-only machine Paddle's grid_sample is ~10x slower
 than cv2: CPU runs keep ``augment_on_device: false``.
 
-The batch comes from :func:`medseg.data.collate.collate_series`; a batch made on the CPU path
-passes through unchanged, so trainers and evaluators call :func:`to_model_input` on every batch.
+The batch comes from :func:`medseg.data.collate.collate_series`. A batch made on the CPU path
+holds uint8 warped slices, which :func:`to_model_input` normalises (:func:`normalize_batch`); a
+float32 batch passes through unchanged. Trainers and evaluators call it on every batch.
 """
 
 from __future__ import annotations

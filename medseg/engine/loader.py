@@ -64,7 +64,7 @@ def worker_init(_worker_id: int) -> None:
 
 def batch_nbytes(dataset, batch_size: int) -> int:
     """Bytes of the largest batch: the arrays of one collated item (what the workers put in shared
-    memory, whether float32 slices or uint8 crops for augmentation on the device) per slice × the
+    memory: uint8 slices, uint8 crops for augmentation on the device, or float32 slices) per slice × the
     most slices an item can hold (the longest series, or ``max_slices``) × batch size."""
     batch = collate_series([dataset[(0, 0)]])
     slices = max(1, len(batch["slice_ids"][0]))
