@@ -118,6 +118,10 @@ def test_cpu_batches_pass_through_and_modes_do_not_mix(root):
     assert to_model_input(batch) is batch
     with pytest.raises(ValueError, match="mixes items"):
         collate_series([cpu[0], dev[1]])
+    with pytest.raises(ValueError, match="either float32 slices or uint8"):
+        collate_series([cpu[0], item])
+    with pytest.raises(ValueError, match="normalised differently"):
+        collate_series([cpu[0], {**cpu[1], "norm": cpu[1]["norm"] * 2}])
 
 
 def test_transforms_the_device_cannot_do_are_refused(root):

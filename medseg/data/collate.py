@@ -40,6 +40,8 @@ def collate_series(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for b, item in enumerate(items):
             fields["image"][b, :len(item["image"])] = item["image"]
         if dtype == np.uint8:
+            if any(not np.array_equal(item["norm"], items[0]["norm"]) for item in items):
+                raise ValueError("collate_series: items of one batch were normalised differently (their Normalize differs)")
             fields["norm"] = items[0]["norm"]
     label = np.zeros((batch, longest, items[0]["label"].shape[-1]), dtype=np.float32)
     mask = np.zeros((batch, longest), dtype=bool)
