@@ -55,3 +55,23 @@ def test_damaged_files_are_refused_by_name(tmp_path):
         SeriesCache(path).read(0)
     with pytest.raises(ValueError, match=r"uint8 \[h, w, 3\]"):
         write_cache_file(path, (8, 8), windows, [((0, 8, 0, 8), image[..., :2], None)])
+
+
+def test_chain_crops_warp_from_their_four_byte_pixels(tmp_path):
+    """A decoded crop is a view skipping each pixel's 4th byte: the warp reads the 4-byte pixels as
+    they are, with the same result as from a contiguous copy; other views are copied first."""
+    import cv2
+
+    from medseg.data.transforms import _four_byte_pixels, _warp, contiguous_pixels
+
+    windows = ((40, 80), (80, 200), (40, 380))
+    crop = apply_windows(np.random.default_rng(2).normal(30, 200, (40, 52)), windows)
+    path = str(tmp_path / "s.hcc")
+    write_cache_file(path, (40, 52), windows, [((0, 40, 0, 52), crop, None)])
+    view = next(SeriesCache(path).iter_many([0]))
+    assert not view.flags.c_contiguous and _four_byte_pixels(view) is not None
+    matrix = cv2.getRotationMatrix2D((20.0, 26.0), 33.0, 0.8)
+    np.testing.assert_array_equal(_warp(view, matrix, (24, 24)), _warp(np.ascontiguousarray(view), matrix, (24, 24)))
+    np.testing.assert_array_equal(contiguous_pixels(view), crop)
+    shifted = np.zeros((40, 52, 4), np.uint8)[..., 1:]  # same strides, but the 4-byte pixels would overrun
+    assert _four_byte_pixels(shifted) is None
