@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     per_slice = {k: 1000 * v / total_slices for k, v in parts.items()}
     print("published loader, ms per slice: " + ", ".join(f"{k} {v:.2f}" for k, v in per_slice.items())
           + f"; total {1000 / rate['published']:.2f}")
-    print(f"ours, ms per slice: CPU augmentation {1000 / rate['ours_cpu']:.2f} (+ batch step {1000 / rate['ours_cpu_batch_step']:.2f}, "
-          "collate + normalise on the model's device); augment_on_device CPU part "
+    print(f"ours, ms per slice: CPU augmentation {1000 / rate['ours_cpu']:.2f} (+ batch step {1000 / rate['ours_cpu_batch_step']:.2f} "
+          "in the training process: collate, normalise, to a Paddle tensor); augment_on_device CPU part "
           f"{1000 / rate['ours_cpu_part']:.2f} + device part {1000 / rate['ours_device_part']:.2f} (on this CPU)")
     print("wall-clock slices/s (machine load included, for information): " + ", ".join(f"{k} {v:.0f}" for k, v in wall_rate.items()))
     full = np.load(npz[0])["arr_0"]  # what the previous bench's reference inflated: whole frames

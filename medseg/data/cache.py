@@ -233,26 +233,34 @@ class SeriesCache:
         return len(self.slices)
 
     def read_many(self, indices: Sequence[int]) -> list[np.ndarray]:
-        """The crops of ``indices`` (one open, one read per slice)."""
+        """The crops of ``indices`` (one open, one read)."""
         return list(self.iter_many(indices))
 
     def iter_many(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
         """The crops of ``indices`` one at a time: a loader that warps each crop as it comes finds
         it still in the CPU cache (decoding the whole series first left the warp reading cold
         memory; 3x slower warps, measured)."""
+        indices = list(indices)
+        if not indices:
+            return
+        # One read for the span of the slices asked for (stored in order: a window of a series is
+        # one run of bytes), then each slice decoded from its part.
+        first = min(self.slices[i]["offset"] for i in indices)
+        end = max(self.slices[i]["offset"] + self.slices[i]["size"] for i in indices)
         with open(self.path, "rb") as fh:
-            for i in indices:
-                yield self._decode(fh, i)
+            fh.seek(first)
+            span = memoryview(fh.read(end - first))
+        for i in indices:
+            offset = self.slices[i]["offset"] - first
+            yield self._decode(span[offset:offset + self.slices[i]["size"]], i)
 
     def read(self, index: int) -> np.ndarray:
         return self.read_many([index])[0]
 
-    def _decode(self, fh, index: int) -> np.ndarray:
+    def _decode(self, blob: memoryview, index: int) -> np.ndarray:
         entry = self.slices[index]
         y0, y1, x0, x1 = entry["box"]
         h, w = y1 - y0, x1 - x0
-        fh.seek(entry["offset"])
-        blob = fh.read(entry["size"])
         try:
             raw = self._decompressor.decompress(blob)
         except zstandard.ZstdError as err:
