@@ -6,7 +6,7 @@ transforms drew (:meth:`medseg.data.transforms.Compose.device_plan`, the same dr
 ``(seed, epoch, index)`` random state as the CPU path). Here one batched ``affine_grid`` +
 ``grid_sample`` does every slice's RandomResizedCrop / flips / rotation at once, then the cut
 masks and the normalisation, a handful of batched ops on the GPU instead of a warp per slice on
-a CPU core (``bench/loader_bench.py``: the worker's share drops from ~0.45 to ~0.35 ms per slice).
+a CPU core (``bench/loader_bench.py``: the worker's share drops from ~0.43 to ~0.33 ms per slice).
 Bilinear sampling with zero padding and cv2's pixel convention, so the result equals the CPU
 path's within interpolation rounding (the CPU rounds the warped image to uint8 before
 normalising; this path does not). On a CPU-only machine Paddle's grid_sample is ~10x slower
