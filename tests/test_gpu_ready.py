@@ -204,3 +204,26 @@ def test_batch_bytes_of_items_augmented_on_the_device(cfg):
     assert loaders.batch_nbytes(dataset, 1) == int(per_slice * longest)
     cpu = build_dataset(Config(cfg), "val_dataset")
     assert loaders.collate_series([cpu[(0, 0)]])["image"].dtype == np.uint8  # the CPU path's slices too
+
+
+def test_loader_workers_stop_when_training_and_every_evaluation_end(cfg, tmp_path):
+    """Each evaluation used to leave its loader's worker process alive until interpreter exit
+    (the loop stops at the last key, before the iterator runs out); so did training's last epoch."""
+    import psutil
+
+    from medseg.engine.evaluator import predict_shard
+
+    me = psutil.Process()
+
+    def live_children() -> int:
+        return sum(1 for c in me.children() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE)
+
+    before = live_children()
+    config = Config(cfg)
+    model = config.build("model")
+    dataset = build_dataset(config, "val_dataset")
+    for _ in range(3):
+        assert len(predict_shard(model, dataset, num_workers=1, progress=False)) == len(dataset)
+        assert live_children() == before
+    Trainer(config, TrainOptions(save_dir=str(tmp_path / "workers"), num_workers=1, do_eval=True, save_interval=3)).run()
+    assert live_children() == before

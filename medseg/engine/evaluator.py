@@ -20,7 +20,7 @@ from medseg.constants import LABELS
 from medseg.data.device_augment import to_model_input
 from medseg.data.sampler import SeriesBatchSampler
 from medseg.engine import distributed as dist
-from medseg.engine.loader import make_loader
+from medseg.engine.loader import make_loader, worker_batches
 from medseg.engine.metrics import WeightedLogLoss
 from medseg.models.outputs import prediction_logits
 from medseg.utils.logger import get_logger
@@ -45,8 +45,8 @@ def predict_shard(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_work
     results: dict[int, dict[str, Any]] = {}
     bar = tqdm(total=len(keys), desc="predict", unit="batch", disable=not (progress and dist.is_main()), leave=False)
     try:
-        with paddle.no_grad():
-            for batch_keys, batch in zip(keys, loader):
+        with paddle.no_grad(), worker_batches(loader) as batches:
+            for batch_keys, batch in zip(keys, batches):
                 batch = to_model_input(batch)  # augment_on_device: warp + normalise here
                 with paddle.amp.auto_cast(**amp) if amp else contextlib.nullcontext():
                     logits = prediction_logits(model(batch["image"], batch["mask"]))

@@ -9,9 +9,10 @@ into one line saying what to change.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import paddle
@@ -109,3 +110,22 @@ def make_loader(dataset, batch_sampler, num_workers: int, use_shared_memory: boo
         extra["worker_init_fn"] = worker_init
     return paddle.io.DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_series,
                                 num_workers=num_workers, use_shared_memory=use_shared_memory, **extra)
+
+
+@contextlib.contextmanager
+def worker_batches(loader: paddle.io.DataLoader) -> Iterator[Iterator[Any]]:
+    """Iterate ``loader`` and stop its worker processes when the block ends, also mid-epoch.
+
+    Paddle 3.3's multi-process iterator stops its workers only when it runs out or is deleted,
+    and its reader thread keeps it referenced, so a loop left early (an evaluation zipped with its
+    keys, the training loop at its last iteration) left its workers alive until the interpreter
+    exited: one more process per evaluation over a long run. The iterator has no public close, so
+    this calls its shutdown method (a no-op when it already ran out; absent with num_workers 0).
+    """
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_try_shutdown_all", None)
+        if shutdown is not None:
+            shutdown()

@@ -293,7 +293,8 @@ class Trainer:
         epoch, skip = divmod(iteration, per_epoch)
         while True:
             self.sampler.set_epoch(epoch, skip)
-            yield from ((epoch, batch) for batch in self.loader)
+            with loaders.worker_batches(self.loader) as batches:  # closing this generator stops the workers
+                yield from ((epoch, batch) for batch in batches)
             epoch, skip = epoch + 1, 0
 
     def _history(self) -> Any:
