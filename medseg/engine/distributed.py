@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 from typing import Any
@@ -90,11 +91,9 @@ def check_paddle_build(compiled_with_cuda: bool | None = None, installed: set[st
     if installed is None:
         installed = set()
         for name in ("paddlepaddle", "paddlepaddle-gpu"):
-            try:
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # not installed
                 importlib.metadata.version(name)
                 installed.add(name)
-            except importlib.metadata.PackageNotFoundError:
-                pass
     if visible_gpus is None:
         visible_gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
     if "paddlepaddle-gpu" in installed:
