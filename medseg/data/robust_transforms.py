@@ -20,15 +20,16 @@ YAML (before ``Normalize``), e.g.::
 
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
 from medseg.constants import DEFAULT_WINDOWS
-from medseg.data.transforms import Transform
+from medseg.data.transforms import Transform, to_uint8
 from medseg.registry import TRANSFORMS
-from medseg.semi.noise import _to_uint8
 
 
 def _range(name: str, value: Sequence[float], lo: float, hi: float = float("inf")) -> tuple[float, float]:
@@ -53,8 +54,9 @@ class SeriesTransform(Transform):
         self._rng: np.random.Generator | None = None  # a strong reference: its id cannot be reused
         self._params: Any = None
 
+    @abc.abstractmethod
     def draw(self, rng: np.random.Generator) -> Any:
-        raise NotImplementedError
+        """This series' parameters (``None``: leave the series as it is)."""
 
     def sample(self, rng: np.random.Generator) -> Any:
         if rng is not self._rng:
@@ -103,7 +105,7 @@ class ScannerNoise(SeriesTransform):
             field = cv2.GaussianBlur(field, (0, 0), grain)
             field /= max(float(field.std()), 1e-6)
         noisy = image.astype(np.float32) + field[..., None] * (np.float32(sigma * 255.0) / self.widths)
-        return np.where(_unsaturated(image), _to_uint8(noisy), image)
+        return np.where(_unsaturated(image), to_uint8(noisy), image)
 
 
 @TRANSFORMS.add_component
@@ -132,7 +134,7 @@ class BlurSharpen(SeriesTransform):
             out = cv2.GaussianBlur(image, (0, 0), amount) if amount >= 0.1 else image
         else:
             smooth = cv2.GaussianBlur(image, (0, 0), 1.0)
-            out = _to_uint8(image.astype(np.float32) * (1 + amount) - smooth.astype(np.float32) * amount)
+            out = to_uint8(image.astype(np.float32) * (1 + amount) - smooth.astype(np.float32) * amount)
         return out.reshape(image.shape)
 
 
@@ -151,7 +153,7 @@ class GammaContrast(SeriesTransform):
     def draw(self, rng: np.random.Generator) -> np.ndarray:
         gamma, contrast = float(rng.uniform(*self.gamma)), float(rng.uniform(*self.contrast))
         values = 255.0 * (np.arange(256) / 255.0) ** gamma
-        return _to_uint8(127.5 + contrast * (values - 127.5))
+        return to_uint8(127.5 + contrast * (values - 127.5))
 
     def apply(self, image: np.ndarray, params: Any) -> np.ndarray:
         return image if params is None else cv2.LUT(image, params).reshape(image.shape)
@@ -175,7 +177,7 @@ class WindowJitter(SeriesTransform):
         """One 256-entry table per window channel: uint8 [1, 256, C] (cv2.LUT's layout)."""
         level, scale = float(rng.uniform(*self.level_hu)), float(rng.uniform(*self.width_scale))
         v = np.arange(256, dtype=np.float64)
-        tables = [_to_uint8(v / scale + 255.0 * (0.5 - (0.5 + level / w) / scale)) for w in self.widths]
+        tables = [to_uint8(v / scale + 255.0 * (0.5 - (0.5 + level / w) / scale)) for w in self.widths]
         for table in tables:  # saturated stays saturated (the HU beyond the window is unknown)
             table[0], table[255] = 0, 255
         return np.stack(tables, axis=-1).reshape(1, 256, len(tables))

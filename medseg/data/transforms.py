@@ -76,6 +76,11 @@ def _warp(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.
     return out[..., None] if out.ndim == 2 and image.ndim == 3 else out
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Round and clip 0..255 values back to uint8 (what intensity transforms hand on)."""
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
 class Transform(abc.ABC):
     """Base: ``sample`` draws the parameters (deterministic transforms draw nothing), ``apply``
     uses them. Calling a transform needs the random state explicitly."""

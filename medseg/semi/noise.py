@@ -13,12 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medseg.data.transforms import Transform
+from medseg.data.transforms import Transform, to_uint8
 from medseg.registry import TRANSFORMS
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 @TRANSFORMS.add_component
@@ -41,7 +37,7 @@ class RandomIntensity(Transform):
         if params is None:
             return image
         factor, shift = params
-        return _to_uint8(image.astype(np.float32) * factor + shift)
+        return to_uint8(image.astype(np.float32) * factor + shift)
 
 
 @TRANSFORMS.add_component
@@ -64,4 +60,4 @@ class GaussianNoise(Transform):
             return image
         sigma, seed = params
         noise = np.random.default_rng(seed).normal(0.0, sigma, size=image.shape)
-        return _to_uint8(image.astype(np.float32) + noise)
+        return to_uint8(image.astype(np.float32) + noise)
