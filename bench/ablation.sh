@@ -6,11 +6,11 @@
 # stage-2 arm then trains one head on the frozen encoder in the same residual form (demo_cpu.yml:
 # same data, seed, steps, validation points and best-on-validation selection); only the head
 # differs:
-#   no_context         per-slice MLP (SliceMLPHead): sees no other slice, the control
+#   no_context         per-slice MLP (SliceMLPHead) with feature_norm: sees no other slice, the control
 #   transformer        the paper's head with feature_norm (LayerNorm before the positions),
 #                      init ±0.03 and half the learning rate (head_lr_mult 0.5)
 #   transformer_paper  the paper's head exactly as released (init, no feature norm)
-#   bigru              the BiGRU of the top Kaggle solutions (the demo's head)
+#   bigru              the BiGRU of the top Kaggle solutions with feature_norm (the demo's head)
 # Every arm is scored on the test split. Prints per seed, then mean ± sd over seeds of each arm's
 # weighted log loss and of its ratios, and ends with one line per arm:
 #   ablation head=<name> weighted_logloss=<mean> ratio_to_slice_only=<mean> ratio_to_no_context=<mean>
@@ -41,10 +41,10 @@ fi
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 ARMS=(no_context transformer transformer_paper bigru)
 declare -A HEAD=(
-  [no_context]="{type: SliceMLPHead}"
+  [no_context]="{type: SliceMLPHead, feature_norm: true}"
   [transformer]="{type: TransformerSequenceHead, feature_norm: true, init_range: 0.03}"
   [transformer_paper]="{type: TransformerSequenceHead}"
-  [bigru]="{type: BiGRUSequenceHead}"
+  [bigru]="{type: BiGRUSequenceHead, feature_norm: true}"
 )
 # Per-arm learning rate (chosen on a dev cohort's validation split, see the README's demo section): the
 # transformer trains at half the config's rate; the no-context MLP scored the same at both.

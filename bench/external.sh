@@ -11,7 +11,7 @@
 # the external ratio misses the target (<= 0.6), unless --no_fail (or BENCH_NO_FAIL=1).
 # Usage: bench/external.sh [--no_fail]
 # Env: HOLDOUT (held-out site, default sharp), SITES (presets to draw from, default all), SERIES
-#   (in-domain cohort, 300), EXT_SERIES (external cohort, 80), SIZE (px, 160), CALIBRATE (1; 0 scores
+#   (in-domain cohort, 300), EXT_SERIES (external cohort, 80), EXT_SEED (its seed), SIZE (px, 160), CALIBRATE (1; 0 scores
 #   raw probabilities), TARGET (0.6), OUT (bench_output/external), RAW=DIR / EXT_RAW=DIR (existing
 #   Kaggle-layout cohorts instead of generated ones; EXT_RAW is scored on its stage_2_test split),
 #   SMOKE=1 (tiny cohorts and a few iterations: checks the plumbing, far from the target), PYTHON,
@@ -41,6 +41,9 @@ SERIES=${SERIES:-300} EXT_SERIES=${EXT_SERIES:-80} SIZE=${SIZE:-160}
 CONFIG=${DEMO_CONFIG:-config/demo_cpu.yml}
 IN=$OUT/in_domain
 EXT_GIVEN=${EXT_RAW:-}
+# Cohort seeds (medseg/data/cohort_seeds.py): the in-domain cohort is the demo's (the first report
+# seed), the external one the second report seed; nothing is tuned on either.
+EXT_SEED=${EXT_SEED:-$("$PYTHON" -m medseg.data.cohort_seeds report | cut -d' ' -f2)}
 EXT_RAW=${EXT_RAW:-$OUT/external_raw}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 START=$(date +%s)
@@ -63,7 +66,7 @@ score() {  # label report-dir pred truth: the report's score line, prefixed
 }
 
 echo "== 1/4 the demo recipe on sites $TRAIN_SITES ($SERIES series, ${SIZE} px${RAW:+, cohort $RAW}) -> $IN"
-DEMO_OUT=$IN DEMO_SITES=$TRAIN_SITES DEMO_SERIES=$SERIES DEMO_SIZE=$SIZE DEMO_RAW=${RAW:-} PYTHON=$PYTHON \
+DEMO_OUT=$IN DEMO_SITES=$TRAIN_SITES DEMO_SERIES=$SERIES DEMO_SIZE=$SIZE DEMO_RAW=${RAW:-} PYTHON=$PYTHON DEMO_CALIBRATE=$CALIBRATE \
   bash script/demo.sh > "$OUT/in_domain.log" 2>&1 || { tail -30 "$OUT/in_domain.log"; exit 1; }
 MODEL=$IN/train/best_model
 data=(-o "train_dataset.dataset_root=$IN/prepared" -o "val_dataset.dataset_root=$IN/prepared")
@@ -72,18 +75,15 @@ if [ -n "$EXT_GIVEN" ]; then
   echo "== 2/4 external cohort: $EXT_RAW (given)"
 else
   echo "== 2/4 external cohort: site $HOLDOUT ($EXT_SERIES series) -> $EXT_RAW"
-  "$PYTHON" -m medseg.data.synthetic --out "$EXT_RAW" --series "$EXT_SERIES" --seed 1 --size "$SIZE" --workers 2 \
+  "$PYTHON" -m medseg.data.synthetic --out "$EXT_RAW" --series "$EXT_SERIES" --seed "$EXT_SEED" --size "$SIZE" --workers 2 \
     --sites "$HOLDOUT" --test_fraction 0.9 ${DEMO_SLICES:+--n_slices "$DEMO_SLICES"} > "$OUT/external_raw.log" 2>&1 \
     || { tail -20 "$OUT/external_raw.log"; exit 1; }
 fi
 
 CAL_FILE=
-rm -f "$MODEL/calibration.json"
 if [ "$CALIBRATE" = 1 ]; then
-  echo "== 3/4 calibration on the in-domain validation split -> $MODEL/calibration.json"
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$PYTHON" -m medseg.outputs.calibrate --config "$CONFIG" "${data[@]}" \
-    --resume_model "$MODEL" > "$OUT/calibrate.log" 2>&1 || { tail -20 "$OUT/calibrate.log"; exit 1; }
-  grep -E '^(temperature|val ece)' "$OUT/calibrate.log"
+  echo "== 3/4 calibration on the in-domain validation split (script/demo.sh step 5) -> $MODEL/calibration.json"
+  grep -E '^(temperature|val ece)' "$OUT/in_domain.log"
   CAL_FILE=$MODEL/calibration.json
 else
   echo "== 3/4 calibration: off (CALIBRATE=0)"

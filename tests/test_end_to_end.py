@@ -85,5 +85,8 @@ def test_demo_left_a_checkpoint_and_a_report(demo_run):
     assert (out / "train" / "best_model").is_dir()
     assert (out / "train" / "iter_4").is_dir()
     assert (out / "report" / "index.html").is_file()
+    # step 5 calibrated on the validation split; the report shows the calibration error before/after
+    assert (out / "train" / "best_model" / "calibration.json").is_file()
+    assert re.search(r"^ece before=[0-9.]+ after=[0-9.]+", stdout, re.M)
     for name in ("train_meta.csv", "val_meta.csv", "test_meta.csv", "prepare_errors.csv"):
         assert (out / "prepared" / name).is_file(), name

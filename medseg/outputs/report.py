@@ -371,11 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def job() -> None:
         metrics = make_report(args.pred, args.truth, args.out, args.dataset_root, args.eps, args.n_series, args.calibration)
         print(f"report: {os.path.join(args.out, 'index.html')}")
-        print(summary_line(metrics))
         if "calibration" in metrics:
             before, after = metrics["calibration"]["before"], metrics["calibration"]["after"]
             print(f"ece before={before['ece']:.5f} after={after['ece']:.5f} "
                   f"logloss before={before['logloss']:.6f} after={after['logloss']:.6f}")
+        print(summary_line(metrics))  # last: scripts and the demo end with the score line
 
     return run_cli(job)
 
