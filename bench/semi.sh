@@ -7,7 +7,8 @@
 # split (images only, never labels: transductive, as the paper used the Kaggle test set), and a
 # control: the same student run (same start, iterations, noise, seed) with the pseudo-labelled
 # source's ratio set to 0, so the gain is the pseudo-labels', not the extra training's. All three
-# are scored once, at their last iteration (no checkpoint selection), on the test split
+# are scored once, at their last iteration (no checkpoint selection; calibrated on the validation
+# split, SEMI_CALIBRATE), on the test split
 # (stage_2_test_truth.csv); a cohort without test truth (RAW=DIR) is scored on its validation split.
 # Prints each seed's scores, then mean ± sd over seeds per arm and of each ratio. Targets, on the
 # mean: student / teacher <= 0.95 and student / control < 1; the note says whether each
@@ -19,13 +20,15 @@
 # RAW=DIR: an existing Kaggle-layout folder (a real RSNA subset, another site) instead of a
 # generated cohort; the seeds then vary the split, the labelled subset and training only.
 # Knobs: SEMI_SEEDS ("101 102 103"), SEMI_SERIES, SEMI_SIZE, SEMI_SLICES (fixed series length),
-# SEMI_FRACTION, TEACHER_ITERS, STUDENT_ITERS, SEMI_TEMPERATURE (pseudo-label sharpening, default 0.5:
-# the one knob ahead of teacher and control in a one-seed study on dev seed 1; on the report seeds
-# it hurt — README, docs/tuning_notes.md),
-# SEMI_CONTROL (0 skips the control),
+# SEMI_FRACTION, TEACHER_ITERS, STUDENT_ITERS, SEMI_TEMPERATURE (pseudo-label sharpening after the
+# calibration, default 1: none; the uncalibrated teacher's 0.5 of the first full run left pseudo-labels
+# no better than the prior — README, docs/tuning_notes.md),
+# SEMI_CALIBRATE (default 1: every model — teacher, student, control — gets per-class temperatures
+# fitted on the validation split after training, as the demo does; the teacher's pseudo-labels and
+# all three scores are calibrated; 0: raw probabilities), SEMI_CONTROL (0 skips the control),
 # SEMI_PROCS, SEMI_OUT, SEMI_PSEUDO_FLAGS (more medseg.semi.pseudo_label flags, e.g.
 # "--uncertain_band 0.1 0.9 --drop slice"), SEMI_RATIOS (labelled : pseudo share of the student's
-# epochs; the config's [1, 3]), SEMI_TRAIN_FLAGS (more train.py flags for every run, e.g.
+# epochs; the config's [1, 1]), SEMI_TRAIN_FLAGS (more train.py flags for every run, e.g.
 # "--batch_size 2" for a tiny cohort).
 set -euo pipefail
 for arg in "$@"; do
@@ -43,6 +46,7 @@ DATA=$OUT/prepared             # rebuilt for each seed
 SEEDS=${SEMI_SEEDS:-$("$PYTHON" -m medseg.data.cohort_seeds report)}
 PROCS=${SEMI_PROCS:-2}
 TEACHER_ITERS=${TEACHER_ITERS:-500}
+CALIBRATE=${SEMI_CALIBRATE:-1}
 STUDENT_ITERS=${STUDENT_ITERS:-250}
 RAW=${RAW:-}
 [ -z "$RAW" ] || [ -d "$RAW" ] || { echo "RAW=$RAW: not a directory (expected the Kaggle layout)" >&2; exit 2; }
@@ -76,6 +80,14 @@ train() {  # seed-dir name config iters extra-args...: train.py on $PROCS proces
     || { tail -20 "$dir/$name.log"; exit 1; }
 }
 
+calibrate() {  # seed-dir name checkpoint: per-class temperatures fitted on val -> <checkpoint>/calibration.json
+  local dir=$1 name=$2 model=$3
+  rm -f "$model/calibration.json"
+  [ "$CALIBRATE" = 1 ] || return 0
+  "$PYTHON" -m medseg.outputs.calibrate --config "$OUT/teacher.yml" --resume_model "$model" > "$dir/$name.calibrate.log" 2>&1 \
+    || { tail -20 "$dir/$name.calibrate.log"; exit 1; }
+}
+
 for SEED in $SEEDS; do
   dir=$OUT/seed_$SEED
   rm -rf "$DATA" "$dir"  # nothing stale from an earlier run
@@ -97,20 +109,23 @@ for SEED in $SEEDS; do
   echo "== seed $SEED, 3/6 teacher: $TEACHER_ITERS iterations on train_labelled"
   train "$dir" teacher "$OUT/teacher.yml" "$TEACHER_ITERS"
   teacher=$dir/teacher/iter_$TEACHER_ITERS
+  calibrate "$dir" teacher "$teacher"  # pseudo_label applies it
 
   echo "== seed $SEED, 4/6 pseudo-labels: train_unlabelled + test -> $DATA/semi_pseudo_meta.csv"
   "$PYTHON" -m medseg.semi.pseudo_label --config "$OUT/teacher.yml" --model "$teacher" \
       --split train_unlabelled test --out "$DATA/semi_pseudo_meta.csv" --exclude train_labelled val \
-      --temperature "${SEMI_TEMPERATURE:-0.5}" ${SEMI_PSEUDO_FLAGS:-} 2> "$dir/pseudo_label.log"
+      --temperature "${SEMI_TEMPERATURE:-1}" ${SEMI_PSEUDO_FLAGS:-} 2> "$dir/pseudo_label.log"
   cp "$DATA/semi_pseudo_meta.csv" "$DATA/train_meta.csv" "$dir/"  # for the summary: pseudo-labels vs hidden truth
 
   echo "== seed $SEED, 5/6 student: $STUDENT_ITERS iterations on train_labelled + semi_pseudo, from the teacher"
   train "$dir" student "$OUT/student.yml" "$STUDENT_ITERS" --pretrained "$teacher" \
       ${SEMI_RATIOS:+-o "train_dataset.ratios=$SEMI_RATIOS"}
+  calibrate "$dir" student "$dir/student/iter_$STUDENT_ITERS"
   models="teacher:$teacher student:$dir/student/iter_$STUDENT_ITERS"
   if [ "${SEMI_CONTROL:-1}" = 1 ]; then
     echo "   control: the same run without the pseudo-labelled source (ratios [1, 0])"
     train "$dir" control "$OUT/student.yml" "$STUDENT_ITERS" --pretrained "$teacher" -o "train_dataset.ratios=[1, 0]"
+    calibrate "$dir" control "$dir/control/iter_$STUDENT_ITERS"
     models="$models control:$dir/control/iter_$STUDENT_ITERS"
   fi
 

@@ -30,11 +30,11 @@ def bench_run(tmp_path_factory):
         (tmp / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch, head="{}"))
         env[key] = str(tmp / base)
     proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "ablation.sh")], env=env, capture_output=True, text=True, timeout=900)
-    return tmp / "out", proc
+    return tmp / "out", proc, env
 
 
 def test_ablation_bench_ends_with_one_line_per_arm(bench_run):
-    out, proc = bench_run
+    out, proc, _ = bench_run
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()[-len(ARMS):]
     parsed = [LINE.fullmatch(line) for line in lines]
@@ -58,7 +58,27 @@ def test_ablation_bench_ends_with_one_line_per_arm(bench_run):
 
 
 def test_ablation_bench_exits_non_zero_exactly_when_the_target_is_missed(bench_run):
-    _, proc = bench_run
+    _, proc, _ = bench_run
     ratio = float(LINE.fullmatch(proc.stdout.strip().splitlines()[-3]).group(4))  # the transformer line
     assert proc.returncode == (0 if ratio <= 0.85 else 1), proc.stdout[-2000:]
     assert ("NOT met" in proc.stdout) == (ratio > 0.85)
+
+
+def test_a_rerun_reuses_stage_1_only_when_its_settings_match(bench_run):
+    """Same seed and settings: cohort, prepare and stage 1 are reused (the stage-2 arms rerun);
+    a changed stage-1 budget retrains."""
+    out, first, env = bench_run
+    assert "of an earlier run" not in first.stdout
+    weights = out / "seed_1" / "slice_only" / "best_model"
+    stamp = (weights / "model.pdparams").stat().st_mtime_ns
+    rerun = subprocess.run(["bash", os.path.join(ROOT, "bench", "ablation.sh"), "--no_fail"], env=dict(env, ABL_SEEDS="1"),
+                           capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "seed 1: cohort, prepare and stage 1 of an earlier run" in rerun.stdout
+    assert (weights / "model.pdparams").stat().st_mtime_ns == stamp
+    changed = subprocess.run(["bash", os.path.join(ROOT, "bench", "ablation.sh"), "--no_fail"],
+                             env=dict(env, ABL_SEEDS="1", ABL_PRETRAIN_ITERS="3", ABL_ITERS="1"),
+                             capture_output=True, text=True, timeout=900)
+    assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
+    assert "of an earlier run" not in changed.stdout and "stage 1 (slice_only), 3 iterations" in changed.stdout
+    assert "iters=3 " in (out / "seed_1" / "stage1.done").read_text()

@@ -55,6 +55,10 @@ def test_semi_bench_smoke(semi_run):
     assert "on the test split" in proc.stdout  # the synthetic cohorts have test truth
     for seed in SEEDS:
         assert (out / f"seed_{seed}" / "student_test.csv").is_file()
+        # every arm calibrated on validation; the teacher's pseudo-labels are its calibrated probabilities
+        for who in ("teacher", "student", "control"):
+            assert list((out / f"seed_{seed}" / who).glob("iter_*/calibration.json")), who
+    assert len(re.findall(r"pseudo_label\] teacher .* predicts .*, calibrated$", proc.stdout, re.M)) == 2 * len(SEEDS)
     again = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(out), "--seeds", *SEEDS], cwd=ROOT,
                            env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
     assert again.returncode == 0 and "MISS" in again.stdout, again.stdout + again.stderr

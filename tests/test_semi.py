@@ -129,6 +129,31 @@ def test_cli_with_a_teacher_checkpoint_and_its_refusals(root, tmp_path, capsys):
     assert os.path.getmtime(out) == before
 
 
+def test_teacher_calibration_is_applied_before_the_rules(root, tmp_path):
+    """A calibration.json beside the teacher's weights turns its probabilities into calibrated ones
+    before any sharpening, as infer.py does; --no_calibration keeps the raw ones."""
+    from medseg.outputs.calibrate import Calibration, apply_calibration, write_calibration
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    config = write_config(str(tmp_path / "teacher.yml"), root, size=16)
+    weights = str(folder / "model.pdparams")
+    paddle.seed(3)
+    paddle.save(TinySeriesNet(width=8).state_dict(), weights)
+    raw_out, cal_out = os.path.join(root, "raw_pseudo_meta.csv"), os.path.join(root, "cal_pseudo_meta.csv")
+    base = ["--config", config, "--model", weights, "--split", "test"]
+    assert pl.main(base + ["--out", raw_out]) == 0
+    temperature = (2.0, 0.5, 1.0, 3.0, 1.5, 0.7)
+    write_calibration(Calibration(temperature=temperature, n_slices=10), str(folder / "calibration.json"))
+    assert pl.main(base + ["--out", cal_out, "--temperature", "0.5"]) == 0
+    assert pl.main(base + ["--out", os.path.join(root, "nocal_pseudo_meta.csv"), "--no_calibration"]) == 0
+    raw = pd.read_csv(raw_out)[list(LABELS)].to_numpy()
+    calibrated = pd.read_csv(cal_out)[list(LABELS)].to_numpy()
+    np.testing.assert_allclose(pd.read_csv(os.path.join(root, "nocal_pseudo_meta.csv"))[list(LABELS)].to_numpy(), raw)
+    expected = sharpen(apply_calibration(raw, Calibration(temperature=temperature, n_slices=10)), 0.5)
+    np.testing.assert_allclose(calibrated, expected, atol=1e-5)
+    assert not np.allclose(calibrated, sharpen(raw, 0.5), atol=1e-3)
+
+
 # --- leakage ---------------------------------------------------------------------------------
 
 def test_leakage_check_by_series_and_by_patient(root, tmp_path):

@@ -2,12 +2,14 @@
 
 The teacher (``--model`` checkpoint + ``--config``, run through the engine's ``predict_dataset``, or an
 existing predictions CSV such as an ensemble's via ``--predictions``) predicts every slice of the
-given tags (``test``, or any prepared tag such as a hidden part of the training set). The
-probabilities become soft labels under :mod:`medseg.semi.rules` (confidence filter, temperature,
-hard labels) and are written, atomically, as ``DATASET_ROOT/<tag>_meta.csv`` in the
-docs/design.md format, pointing at the same cache: a training config reads it as a
-``PseudoSeriesDataset`` tag. Slices dropped by a ``slice`` filter keep their row with empty
-labels; series dropped by a ``series`` filter are left out.
+given tags (``test``, or any prepared tag such as a hidden part of the training set). A
+checkpoint's ``calibration.json`` (:mod:`medseg.outputs.calibrate`, fitted on validation) is
+applied first, as ``infer.py`` applies it: an over- or under-confident teacher otherwise teaches
+its miscalibration (``--no_calibration`` to skip). The probabilities become soft labels under
+:mod:`medseg.semi.rules` (confidence filter, temperature, hard labels) and are written,
+atomically, as ``DATASET_ROOT/<tag>_meta.csv`` in the docs/design.md format, pointing at the same
+cache: a training config reads it as a ``PseudoSeriesDataset`` tag. Slices dropped by a
+``slice`` filter keep their row with empty labels; series dropped by a ``series`` filter are left out.
 
 Validation is never pseudo-labelled, and the table is refused if it shares a series or a patient
 with the labelled tags (``--exclude``, default ``train val``). Several rounds: train the student,
@@ -55,22 +57,29 @@ def check_tags(splits: Sequence[str], out_tag: str, exclude: Sequence[str]) -> N
 
 
 def teacher_predictions(config: str, overrides: Sequence[str], model_path: str, dataset_root: str,
-                        splits: Sequence[str], batch_size: int = 1, num_workers: int = 0) -> dict[str, pd.DataFrame]:
+                        splits: Sequence[str], batch_size: int = 1, num_workers: int = 0,
+                        calibrate: bool = True) -> dict[str, pd.DataFrame]:
     """``{split: predictions frame (docs/design.md)}`` by the checkpoint at ``model_path``, through
-    the engine's ``predict_dataset`` with the config's ``infer_dataset`` (else ``val_dataset``) transforms."""
+    the engine's ``predict_dataset`` with the config's ``infer_dataset`` (else ``val_dataset``)
+    transforms; calibrated by the checkpoint's ``calibration.json`` when there is one and ``calibrate``."""
     from medseg.config import Config
     from medseg.engine import checkpoint as ckpt
     from medseg.data.build import build_eval_dataset
     from medseg.engine.evaluator import predict_dataset
+    from medseg.outputs.calibrate import apply_calibration, load_calibration
 
     cfg = Config(config, overrides)
     model = cfg.build("model")
     ckpt.load_params(model_path, model, strict=True)
+    calibration = load_calibration(model_path) if calibrate else None
     frames = {}
     for split in splits:
         dataset = build_eval_dataset(cfg, split, dataset_root=dataset_root)
-        logger.info("teacher %s predicts %s: %d series", model_path, dataset.meta_file, len(dataset))
-        frames[split], _labels = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, sharded=False)
+        logger.info("teacher %s predicts %s: %d series%s", model_path, dataset.meta_file, len(dataset),
+                    ", calibrated" if calibration is not None else "")
+        frame, _labels = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, sharded=False)
+        frame[list(LABELS)] = apply_calibration(frame[list(LABELS)].to_numpy(), calibration)
+        frames[split] = frame
     return frames
 
 
@@ -141,7 +150,9 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", nargs="+", default=["test"], help="unlabelled tag(s) to pseudo-label")
     p.add_argument("--out", required=True, help="DATASET_ROOT/<tag>_meta.csv to write")
     p.add_argument("--dataset_root", help="default: the config's infer/val dataset_root")
-    p.add_argument("--temperature", type=float, default=1.0, help="< 1 sharpens, > 1 softens")
+    p.add_argument("--no_calibration", action="store_true",
+                   help="ignore the teacher checkpoint's calibration.json (python -m medseg.outputs.calibrate)")
+    p.add_argument("--temperature", type=float, default=1.0, help="< 1 sharpens, > 1 softens (after the calibration)")
     p.add_argument("--uncertain_band", type=float, nargs=2, metavar=("LO", "HI"),
                    help="a slice is uncertain if a probability lies strictly between LO and HI")
     p.add_argument("--drop", choices=["slice", "series"], default="series", help="what an uncertain slice removes")
@@ -179,7 +190,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             predictions = {split: table for split in args.split}
         else:
             predictions = teacher_predictions(args.config, args.overrides, args.model, root, args.split,
-                                              args.batch_size, args.num_workers)
+                                              args.batch_size, args.num_workers, calibrate=not args.no_calibration)
         written = pseudo_label(root, args.split, args.out, rules, predictions, args.exclude)
         sources = {split: int(meta["series_id"].nunique()) for split, meta in metas.items()}
         print(f"wrote {args.out}\n" + summary(written, sources, sum(len(m) for m in metas.values())))
