@@ -7,8 +7,7 @@ Reads ``<out>/seed_<S>/`` as the bench left it (``<arm>_<split>.csv`` prediction
 the pseudo-label table and the training truth). Targets, on the mean over seeds: student / teacher
 <= 0.95 and student / control < 1; each is said to be met or missed by a margin beyond the spread
 or within it (the gap between the mean ratio and its bound, either way, larger than the ratio's sd
-over seeds or not). Exits 1 when a
-target is missed, 0 with ``--no_fail`` or ``BENCH_NO_FAIL=1``.
+over seeds or not). Exits 1 when a target is missed, 0 with ``--no_fail`` or ``BENCH_NO_FAIL=1``.
 """
 
 from __future__ import annotations
