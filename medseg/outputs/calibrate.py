@@ -100,12 +100,17 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray, fitted_on: str = "") 
                           "after": calibration_metrics(labels, apply_calibration(probs, cal))})
 
 
+def temperature_scale(probs: np.ndarray, temperature) -> np.ndarray:
+    """``sigmoid(logit(p) / T)`` in float64; ``T`` a scalar or one per class (last axis).
+    Also the pseudo-label rules' sharpening (T < 1), so both clip alike."""
+    return expit(_logits(probs) / np.asarray(temperature, dtype=np.float64))
+
+
 def apply_calibration(probs: np.ndarray, calibration: Calibration | None) -> np.ndarray:
     """``sigmoid(logit(p) / T)`` per class on ``[..., 6]`` probabilities; unchanged when ``None``."""
     if calibration is None:
         return probs
-    t = np.asarray(calibration.temperature, dtype=np.float64)
-    return expit(_logits(probs) / t).astype(np.asarray(probs).dtype, copy=False)
+    return temperature_scale(probs, calibration.temperature).astype(np.asarray(probs).dtype, copy=False)
 
 
 def remove_calibration(probs: np.ndarray, calibration: Calibration) -> np.ndarray:

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Probabilities are clipped before the logit so that 0 and 1 stay finite (the metric's epsilon).
-_EPS = 1e-7
+from medseg.outputs.calibrate import temperature_scale
 
 
 @dataclass(frozen=True)
@@ -46,10 +45,8 @@ class PseudoLabelRules:
 
 
 def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """``sigmoid(logit(p) / T)`` element-wise."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1.0 - _EPS)
-    logits = np.log(p) - np.log1p(-p)
-    return 1.0 / (1.0 + np.exp(-logits / temperature))
+    """``sigmoid(logit(p) / T)`` element-wise: the calibration's temperature scaling with one T."""
+    return temperature_scale(probs, temperature)
 
 
 def harden(probs: np.ndarray, hi: float, lo: float) -> np.ndarray:
