@@ -1,5 +1,5 @@
 """Smoke runs of bench/semi.sh: every step of the bench (cohorts, prepare, labelled subset, teacher,
-pseudo-labels, student, control, scoring, the summary over seeds) on a tiny cohort with two
+each arm's stage 2, pseudo-labels, student, control, scoring, the summary over seeds) on a tiny cohort with two
 training steps per run. Two seeds, so the mean ± sd lines are exercised; the target cannot be met
 in two steps, so the bench must exit 1, and 0 with BENCH_NO_FAIL=1."""
 
@@ -19,7 +19,7 @@ SEEDS = ("1", "2")  # dev seeds (medseg/data/cohort_seeds.py)
 def semi_env(out, **extra):
     env = {k: v for k, v in os.environ.items() if k not in ("BENCH_NO_FAIL", "RAW")}
     env.update(PYTHON=sys.executable, SEMI_OUT=str(out), SEMI_SEEDS=" ".join(SEEDS), SEMI_SERIES="12", SEMI_SIZE="48",
-               SEMI_SLICES="6", TEACHER_ITERS="2", STUDENT_ITERS="2", SEMI_PROCS="1", SEMI_TRAIN_FLAGS="--batch_size 2")
+               SEMI_SLICES="6", TEACHER_ITERS="2", STUDENT_ITERS="2", HEAD_ITERS="2", SEMI_PROCS="1", SEMI_TRAIN_FLAGS="--batch_size 2")
     return dict(env, **extra)
 
 
@@ -55,9 +55,10 @@ def test_semi_bench_smoke(semi_run):
     assert "on the test split" in proc.stdout  # the synthetic cohorts have test truth
     for seed in SEEDS:
         assert (out / f"seed_{seed}" / "student_test.csv").is_file()
-        # every arm calibrated on validation; the teacher's pseudo-labels are its calibrated probabilities
+        # every arm is scored as a whole model (its encoder + the same stage 2), calibrated on validation;
+        # the pseudo-labels are the teacher's whole model's calibrated probabilities
         for who in ("teacher", "student", "control"):
-            assert list((out / f"seed_{seed}" / who).glob("iter_*/calibration.json")), who
+            assert list((out / f"seed_{seed}" / f"{who}_head").glob("iter_2/calibration.json")), who
     assert len(re.findall(r"pseudo_label\] teacher .* predicts .*, calibrated$", proc.stdout, re.M)) == 2 * len(SEEDS)
     again = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(out), "--seeds", *SEEDS], cwd=ROOT,
                            env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)

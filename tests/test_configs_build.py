@@ -26,7 +26,8 @@ SPLITS = {"train": 3, "val": 2, "test": 2, "train_labelled": 2, "train_unlabelle
 def test_the_config_list_is_complete():
     names = {os.path.relpath(p, ROOT) for p in CONFIGS}
     assert {"config/demo_cpu.yml", "config/demo_cpu_pretrain.yml", "config/brain_intracranial_hemorrhage_clas_sequential.yml",
-            "config/semi/teacher_synthetic.yml", "config/semi/student_synthetic.yml", "config/semi/student_paper.yml"} <= names
+            "config/semi/teacher_synthetic.yml", "config/semi/student_synthetic.yml", "config/semi/student_paper.yml",
+            "config/semi/head_synthetic.yml"} <= names
 
 
 @pytest.fixture(scope="module")

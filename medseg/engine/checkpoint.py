@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import tempfile
+import warnings
 from typing import Any, Iterable
 
 import numpy as np
@@ -195,7 +196,9 @@ def load_params(path: str, model: paddle.nn.Layer, strict: bool = True) -> str:
     if not strict and (missing or unexpected):
         logger.info("%s: loaded %d tensors, %d model tensors not in the file, %d file tensors unused",
                     file, len(own) - len(missing), len(missing), len(unexpected))
-    model.set_state_dict(_cast_to_model(file, {k: v for k, v in params.items() if k in own}, own))
+    with warnings.catch_warnings():  # Paddle warns once per missing key; the line above already counted them
+        warnings.filterwarnings("ignore", message="Skip loading for ", category=UserWarning)
+        model.set_state_dict(_cast_to_model(file, {k: v for k, v in params.items() if k in own}, own))
     return file
 
 
