@@ -82,9 +82,9 @@ train() {  # seed-dir name config iters extra-args...: train.py on $PROCS proces
     || { tail -20 "$dir/$name.log"; exit 1; }
 }
 
-whole() {  # seed-dir arm: the arm's stage 2 on its encoder -> <seed-dir>/<arm>_head/iter_$HEAD_ITERS, calibrated
-  local dir=$1 arm=$2
-  train "$dir" "${arm}_head" "$OUT/head.yml" "$HEAD_ITERS" --pretrained "$dir/$arm/iter_${ITERS[$arm]}"
+whole() {  # seed-dir arm encoder: the arm's stage 2 on its encoder -> <seed-dir>/<arm>_head/iter_$HEAD_ITERS, calibrated
+  local dir=$1 arm=$2 encoder=$3
+  train "$dir" "${arm}_head" "$OUT/head.yml" "$HEAD_ITERS" --pretrained "$encoder"
   local model=$dir/${arm}_head/iter_$HEAD_ITERS
   rm -f "$model/calibration.json"
   [ "$CALIBRATE" = 1 ] || return 0
@@ -92,7 +92,6 @@ whole() {  # seed-dir arm: the arm's stage 2 on its encoder -> <seed-dir>/<arm>_
   "$PYTHON" -m medseg.outputs.calibrate --config "$OUT/head.yml" --resume_model "$model" > "$dir/${arm}_head.calibrate.log" 2>&1 \
     || { tail -20 "$dir/${arm}_head.calibrate.log"; exit 1; }
 }
-declare -A ITERS=([teacher]=$TEACHER_ITERS [student]=$STUDENT_ITERS [control]=$STUDENT_ITERS)
 
 for SEED in $SEEDS; do
   dir=$OUT/seed_$SEED
@@ -114,7 +113,8 @@ for SEED in $SEEDS; do
 
   echo "== seed $SEED, 3/7 teacher: $TEACHER_ITERS encoder iterations, then $HEAD_ITERS of stage 2, on train_labelled"
   train "$dir" teacher "$OUT/teacher.yml" "$TEACHER_ITERS"
-  whole "$dir" teacher
+  encoder=$dir/teacher/iter_$TEACHER_ITERS  # student and control start from it
+  whole "$dir" teacher "$encoder"
   teacher=$dir/teacher_head/iter_$HEAD_ITERS
 
   echo "== seed $SEED, 4/7 pseudo-labels of the teacher's whole model: train_unlabelled + test -> $DATA/semi_pseudo_meta.csv"
@@ -124,15 +124,14 @@ for SEED in $SEEDS; do
   cp "$DATA/semi_pseudo_meta.csv" "$DATA/train_meta.csv" "$dir/"  # for the summary: pseudo-labels vs hidden truth
 
   echo "== seed $SEED, 5/7 student: $STUDENT_ITERS iterations on train_labelled + semi_pseudo from the teacher's encoder, then stage 2"
-  train "$dir" student "$OUT/student.yml" "$STUDENT_ITERS" --pretrained "$dir/teacher/iter_$TEACHER_ITERS" \
+  train "$dir" student "$OUT/student.yml" "$STUDENT_ITERS" --pretrained "$encoder" \
       ${SEMI_RATIOS:+-o "train_dataset.ratios=$SEMI_RATIOS"}
-  whole "$dir" student
+  whole "$dir" student "$dir/student/iter_$STUDENT_ITERS"
   arms="teacher student"
   if [ "${SEMI_CONTROL:-1}" = 1 ]; then
     echo "== seed $SEED, 6/7 control: the same run without the pseudo-labelled source (ratios [1, 0]), then stage 2"
-    train "$dir" control "$OUT/student.yml" "$STUDENT_ITERS" --pretrained "$dir/teacher/iter_$TEACHER_ITERS" \
-        -o "train_dataset.ratios=[1, 0]"
-    whole "$dir" control
+    train "$dir" control "$OUT/student.yml" "$STUDENT_ITERS" --pretrained "$encoder" -o "train_dataset.ratios=[1, 0]"
+    whole "$dir" control "$dir/control/iter_$STUDENT_ITERS"
     arms="$arms control"
   fi
 
