@@ -39,11 +39,12 @@ def score_seed(seed_dir: str) -> dict[str, float]:
     truth, _ = read_table(truth_path)
     labels = [f"t_{name}" for name in LABELS]
     out: dict[str, float] = {}
-    for arm in ARMS:
+    for arm in ARMS:  # both arms or no verdict: a missing file must not read as "all targets met"
         pred_path = os.path.join(seed_dir, f"{arm}_{split}.csv")
-        if os.path.isfile(pred_path):
-            frame = align(read_table(pred_path)[0], truth, pred_path, truth_path)
-            out[arm] = weighted_log_loss(frame[labels].to_numpy(), frame[[f"p_{n}" for n in LABELS]].to_numpy())
+        if not os.path.isfile(pred_path):
+            raise FileNotFoundError(f"{pred_path}: the {arm}'s predictions are missing (did bench/semi.sh finish this seed?)")
+        frame = align(read_table(pred_path)[0], truth, pred_path, truth_path)
+        out[arm] = weighted_log_loss(frame[labels].to_numpy(), frame[[f"p_{n}" for n in LABELS]].to_numpy())
     out["prior"] = prior_baseline(truth[list(LABELS)].to_numpy())
     hidden_truth = pd.read_csv(os.path.join(seed_dir, "train_meta.csv"), dtype={"slice_id": str}).set_index("slice_id")
     pseudo = pd.read_csv(os.path.join(seed_dir, "semi_pseudo_meta.csv"), dtype={"slice_id": str}).set_index("slice_id")
@@ -67,26 +68,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", required=True)
     p.add_argument("--no_fail", action="store_true", default=no_fail_default())
     args = p.parse_args(argv)
-    rows = {seed: score_seed(os.path.join(args.out, f"seed_{seed}")) for seed in args.seeds}
-    columns = ["prior", "pseudo_vs_hidden", *[a for a in ARMS if all(a in r for r in rows.values())]]
+    try:
+        rows = {seed: score_seed(os.path.join(args.out, f"seed_{seed}")) for seed in args.seeds}
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    columns = ["prior", "pseudo_vs_hidden", *ARMS]
     a, b = RATIO
-    ratio = f"{a}/{b}" if a in columns and b in columns else None
+    ratio = f"{a}/{b}"
     splits = sorted({r["split"] for r in rows.values()})
     print(f"weighted log loss on the {'/'.join(splits)} split, per seed (pseudo_vs_hidden: the teacher's "
           "pseudo-labels of the hidden training series against their true labels)")
-    header = columns + ([ratio] if ratio else [])
+    header = columns + [ratio]
     print(f"{'seed':>6} " + " ".join(f"{h:>16}" for h in header))
     for seed, r in rows.items():
-        values = [r[c] for c in columns] + ([r[a] / r[b]] if ratio else [])
+        values = [r[c] for c in columns] + [r[a] / r[b]]
         print(f"{seed:>6} " + " ".join(f"{v:>16.5f}" for v in values))
     stats = {c: mean_sd([r[c] for r in rows.values()]) for c in columns}
-    if ratio:
-        stats[ratio] = mean_sd([r[a] / r[b] for r in rows.values()])
+    stats[ratio] = mean_sd([r[a] / r[b] for r in rows.values()])
     print(f"{'mean':>6} " + " ".join(f"{stats[h][0]:>16.5f}" for h in header))
     print(f"{'sd':>6} " + " ".join(f"{stats[h][1]:>16.5f}" for h in header))
     checks = []
-    for name, bound, op in TARGETS if ratio else ():
-        mean, sd = stats[ratio]
+    mean, sd = stats[ratio]
+    for name, bound, op in TARGETS:
         ok = mean <= bound if op == "<=" else mean < bound
         # the margin either way: a target met, or missed, by more than the seeds' sd
         side = "met" if ok else "missed"

@@ -68,6 +68,18 @@ def test_semi_bench_smoke(semi_run):
 
 
 @pytest.mark.slow
+def test_semi_summary_refuses_a_missing_arm(semi_run, tmp_path):
+    """A seed without the student's predictions is an error naming the file, never "all targets met"."""
+    out, env, _ = semi_run
+    shutil.copytree(out / f"seed_{SEEDS[0]}", tmp_path / f"seed_{SEEDS[0]}")
+    (tmp_path / f"seed_{SEEDS[0]}" / "student_test.csv").unlink()
+    proc = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(tmp_path), "--seeds", SEEDS[0]],
+                          cwd=ROOT, env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
+    assert proc.returncode != 0 and "student_test.csv: the student's predictions are missing" in proc.stderr, proc.stderr
+    assert "all targets met" not in proc.stdout
+
+
+@pytest.mark.slow
 def test_semi_bench_takes_an_existing_cohort(semi_run, tmp_path):
     """RAW=DIR: nothing generated; a folder without test truth is scored on its validation split."""
     out, _, _ = semi_run
