@@ -1,7 +1,8 @@
 """Smoke runs of bench/semi.sh: every step of the bench (cohorts, prepare, labelled subset, teacher,
-each arm's stage 2, pseudo-labels, student, scoring, the summary over seeds) on a tiny
-cohort with two training steps per run. Two seeds, so the mean ± sd lines are exercised; the target
-cannot be met in two steps, so the bench must exit 1, and 0 with BENCH_NO_FAIL=1."""
+each arm's stage 2, pseudo-labels, student, scoring on the test split and on a holdout cohort, the
+summary over seeds) on a tiny cohort with two training steps per run. Two seeds, so the mean ± sd
+lines are exercised; the target cannot be met in two steps, so the bench must exit 1, and 0 with
+BENCH_NO_FAIL=1."""
 
 import os
 import re
@@ -12,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 
+from medseg.data.cohort_seeds import holdout_seed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = ("1", "2")  # dev seeds (medseg/data/cohort_seeds.py)
 
@@ -19,7 +22,7 @@ SEEDS = ("1", "2")  # dev seeds (medseg/data/cohort_seeds.py)
 def semi_env(out, **extra):
     env = {k: v for k, v in os.environ.items() if k not in ("BENCH_NO_FAIL", "RAW")}
     env.update(PYTHON=sys.executable, SEMI_OUT=str(out), SEMI_SEEDS=" ".join(SEEDS), SEMI_SERIES="12", SEMI_SIZE="48",
-               SEMI_SLICES="6", TEACHER_ITERS="2", HEAD_ITERS="2", SEMI_PROCS="1", SEMI_TRAIN_FLAGS="--batch_size 2")
+               SEMI_SLICES="6", SEMI_HOLDOUT_SERIES="12", TEACHER_ITERS="2", HEAD_ITERS="2", SEMI_PROCS="1", SEMI_TRAIN_FLAGS="--batch_size 2")
     return dict(env, **extra)
 
 
@@ -35,32 +38,58 @@ def semi_run(tmp_path_factory):
     return out, env, run_semi(env)
 
 
+def summary_tables(stdout):
+    """{title line: (header, {seed|mean|sd: values})} for each table bench.semi_summary printed."""
+    tables = {}
+    for block in re.split(r"^(?=weighted log loss on )", stdout, flags=re.M)[1:]:
+        title = block.splitlines()[0]
+        header = re.search(r"^\s*seed\s+(.*)$", block, re.M).group(1).split()
+        rows = {m.group(1): [float(v) for v in m.group(2).split()]
+                for m in re.finditer(r"^\s*(\d+|mean|sd)\s+([0-9.\s]+?)$", block, re.M)}
+        tables[title] = (header, rows)
+    return tables
+
+
 @pytest.mark.slow
 def test_semi_bench_smoke(semi_run):
     out, env, proc = semi_run
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log[-3000:]  # two steps cannot make student <= 0.95 x teacher
     assert "target: student / teacher mean <= 0.95 MISS" in proc.stdout, log[-3000:]
-    rows = {m.group(1): [float(v) for v in m.group(2).split()]
-            for m in re.finditer(r"^\s*(\d+|mean|sd)\s+([0-9.\s]+?)$", proc.stdout, re.M)}
-    assert set(rows) == {*SEEDS, "mean", "sd"}, proc.stdout
-    header = re.search(r"^\s*seed\s+(.*)$", proc.stdout, re.M).group(1).split()
-    assert header == ["prior", "pseudo_vs_hidden", "teacher", "student", "student/teacher"]
     # the control is the teacher's run: both targets are checked on the one ratio
     assert "target: student / control (the teacher's run) mean < 1" in proc.stdout, log[-3000:]
-    per_seed = np.array([rows[s] for s in SEEDS])
-    col = header.index
-    np.testing.assert_allclose(per_seed[:, col("student/teacher")], per_seed[:, col("student")] / per_seed[:, col("teacher")],
-                               rtol=1e-3)
-    np.testing.assert_allclose(rows["mean"], per_seed.mean(axis=0), atol=2e-5)
-    np.testing.assert_allclose(rows["sd"], per_seed.std(axis=0, ddof=1), atol=2e-5)
-    assert "on the test split" in proc.stdout  # the synthetic cohorts have test truth
+    tables = summary_tables(proc.stdout)
+    titles = list(tables)
+    assert len(titles) == 2 and "on the test split" in titles[0], titles  # the synthetic cohorts have test truth
+    assert "on the holdout cohort's test split" in titles[1], titles
+    for header, rows in tables.values():
+        assert set(rows) == {*SEEDS, "mean", "sd"}, proc.stdout
+        assert header == ["prior", "pseudo_vs_hidden", "teacher", "student", "student/teacher"]
+        per_seed = np.array([rows[s] for s in SEEDS])
+        col = header.index
+        np.testing.assert_allclose(per_seed[:, col("student/teacher")],
+                                   per_seed[:, col("student")] / per_seed[:, col("teacher")], rtol=1e-3)
+        np.testing.assert_allclose(rows["mean"], per_seed.mean(axis=0), atol=2e-5)
+        np.testing.assert_allclose(rows["sd"], per_seed.std(axis=0, ddof=1), atol=2e-5)
+    # the targets read the holdout table's ratio, not the test split's
+    assert "targets on the holdout split's student/teacher" in proc.stdout
+    mean, sd = map(float, re.search(r"^student / teacher: ([0-9.]+) ± ([0-9.]+)", proc.stdout, re.M).groups())
+    holdout = tables[titles[1]][1]
+    assert (mean, sd) == (round(holdout["mean"][-1], 3), round(holdout["sd"][-1], 3)), proc.stdout
     for seed in SEEDS:
-        assert (out / f"seed_{seed}" / "student_test.csv").is_file()
-        # every arm is scored as a whole model (its encoder + the same stage 2), calibrated on validation;
-        # the pseudo-labels are the teacher's whole model's calibrated probabilities
+        seed_dir = out / f"seed_{seed}"
         for who in ("teacher", "student"):
-            assert list((out / f"seed_{seed}" / f"{who}_head").glob("iter_2/calibration.json")), who
+            assert (seed_dir / f"{who}_test.csv").is_file() and (seed_dir / f"{who}_holdout.csv").is_file(), who
+            # every arm is scored as a whole model (its encoder + the same stage 2), calibrated on validation;
+            # the pseudo-labels are the teacher's whole model's calibrated probabilities
+            assert list((seed_dir / f"{who}_head").glob("iter_2/calibration.json")), who
+        # the holdout is its own cohort (cohort_seeds' holdout seed), whose series nothing trained on or pseudo-labelled
+        holdout_truth = (out / f"holdout_raw_{seed}" / "stage_2_test_truth.csv").read_text()
+        assert f"holdout_raw_{seed}/stage_2_test_truth.csv" in (seed_dir / "scored_on").read_text()
+        pseudo = (seed_dir / "semi_pseudo_meta.csv").read_text()
+        held_slices = {line.split(",")[0].rsplit("_", 1)[0] for line in holdout_truth.splitlines()[1:]}
+        assert held_slices and not any(slice_id in pseudo for slice_id in held_slices)
+        assert f"generator seed {holdout_seed(int(seed))}," in proc.stdout
     assert len(re.findall(r"pseudo_label\] teacher .* predicts .*, calibrated$", proc.stdout, re.M)) == 2 * len(SEEDS)
     again = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(out), "--seeds", *SEEDS], cwd=ROOT,
                            env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
@@ -77,6 +106,14 @@ def test_semi_summary_refuses_a_missing_arm(semi_run, tmp_path):
                           cwd=ROOT, env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
     assert proc.returncode != 0 and "student_test.csv: the student's predictions are missing" in proc.stderr, proc.stderr
     assert "all targets met" not in proc.stdout
+    # a seed without holdout scores while another has them: no verdict on a mix of splits
+    for seed in SEEDS:
+        shutil.copytree(out / f"seed_{seed}", tmp_path / "mixed" / f"seed_{seed}")
+    scored_on = tmp_path / "mixed" / f"seed_{SEEDS[1]}" / "scored_on"
+    scored_on.write_text(scored_on.read_text().splitlines()[0] + "\n")
+    proc = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(tmp_path / "mixed"), "--seeds", *SEEDS],
+                          cwd=ROOT, env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
+    assert proc.returncode == 2 and f"seed(s) {SEEDS[1]}: no holdout scores" in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow
@@ -89,7 +126,8 @@ def test_semi_bench_takes_an_existing_cohort(semi_run, tmp_path):
     proc = run_semi(semi_env(tmp_path / "semi", RAW=str(site), SEMI_SEEDS=SEEDS[0], BENCH_NO_FAIL="1"))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert f"cohort {site} + prepare" in proc.stdout and "on the val split" in proc.stdout
-    assert not list((tmp_path / "semi").glob("raw_*"))
+    assert "targets on the val split's" in proc.stdout and "holdout" not in proc.stdout  # nothing generated
+    assert not list((tmp_path / "semi").glob("raw_*")) and not list((tmp_path / "semi").glob("holdout_*"))
     bad = run_semi(semi_env(tmp_path / "semi2", RAW=str(tmp_path / "missing")))
     assert bad.returncode == 2 and "not a directory" in bad.stderr
 
