@@ -23,10 +23,10 @@
 # says whether each difference exceeds the spread (sd). Exits 1 when a target is missed
 # (--no_fail or BENCH_NO_FAIL=1: exit 0).
 # Budget: about 28 minutes per seed on two idle cores (teacher and student, 1500 iterations each,
-# about 10 minutes apiece; the holdout cohort about 3), so about 85 minutes for three seeds, more than twice the issue's ~30: a
-# teacher stopped before its plateau (500 iterations, the bench's earlier protocol) left the
-# student nothing that more labelled steps did not also give (dev seeds 0 and 2,
-# docs/tuning_notes.md), and the student needs the teacher's schedule to be its equal.
+# about 10 minutes apiece; the holdout cohort about 3), so about 85 minutes for three seeds, nearly
+# three times the issue's ~30: a teacher stopped before its plateau (500 iterations, the bench's
+# earlier protocol) left the student nothing that more labelled steps did not also give (dev seeds
+# 0 and 2, docs/tuning_notes.md), and the student needs the teacher's schedule to be its equal.
 # RAW=DIR: an existing Kaggle-layout folder (a real RSNA subset, another site) instead of a
 # generated cohort; the seeds then vary the split, the labelled subset and training only.
 # Knobs: SEMI_SEEDS ("101 102 103"), SEMI_SERIES, SEMI_SIZE, SEMI_SLICES (fixed series length),

@@ -41,7 +41,11 @@ def scored_splits(seed_dir: str) -> list[tuple[str, str]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: missing (did bench/semi.sh finish this seed?)")
     with open(path, encoding="utf-8") as fh:
-        return [tuple(line.rstrip("\n").split(" ", 1)) for line in fh if line.strip()]
+        pairs = [tuple(line.rstrip("\n").split(" ", 1)) for line in fh if line.strip()]
+    bad = [" ".join(pair) for pair in pairs if len(pair) != 2]
+    if bad or not pairs:
+        raise ValueError(f"{path}: expected '<split> <truth table>' lines, got {bad or 'nothing'}")
+    return pairs
 
 
 def score_split(seed_dir: str, split: str, truth_path: str) -> dict[str, float]:
@@ -71,9 +75,9 @@ def pseudo_quality(seed_dir: str) -> float:
 
 def score_seed(seed_dir: str) -> dict[str, dict[str, float]]:
     """Per scored split: prior, pseudo-label quality, each arm's score."""
+    splits = scored_splits(seed_dir)
     quality = pseudo_quality(seed_dir)
-    return {split: {**score_split(seed_dir, split, truth), "pseudo_vs_hidden": quality}
-            for split, truth in scored_splits(seed_dir)}
+    return {split: {**score_split(seed_dir, split, truth), "pseudo_vs_hidden": quality} for split, truth in splits}
 
 
 def target_split(rows: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = {seed: score_seed(os.path.join(args.out, f"seed_{seed}")) for seed in args.seeds}
         target = target_split(rows)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     columns = ["prior", "pseudo_vs_hidden", *ARMS]

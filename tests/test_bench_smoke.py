@@ -97,8 +97,9 @@ def test_semi_bench_smoke(semi_run):
 
 
 @pytest.mark.slow
-def test_semi_summary_refuses_a_missing_arm(semi_run, tmp_path):
-    """A seed without the student's predictions is an error naming the file, never "all targets met"."""
+def test_semi_summary_refuses_incomplete_seeds(semi_run, tmp_path):
+    """A seed without the student's predictions, without the holdout the other seeds have, or with a
+    malformed scored_on is an error naming it (exit 2), never "all targets met"."""
     out, env, _ = semi_run
     shutil.copytree(out / f"seed_{SEEDS[0]}", tmp_path / f"seed_{SEEDS[0]}")
     (tmp_path / f"seed_{SEEDS[0]}" / "student_test.csv").unlink()
@@ -114,6 +115,10 @@ def test_semi_summary_refuses_a_missing_arm(semi_run, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(tmp_path / "mixed"), "--seeds", *SEEDS],
                           cwd=ROOT, env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
     assert proc.returncode == 2 and f"seed(s) {SEEDS[1]}: no holdout scores" in proc.stderr, proc.stderr
+    scored_on.write_text("test\n")  # a split without its truth table
+    proc = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(tmp_path / "mixed"), "--seeds", *SEEDS],
+                          cwd=ROOT, env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
+    assert proc.returncode == 2 and "expected '<split> <truth table>' lines, got ['test']" in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow
