@@ -86,12 +86,12 @@ def target_split(rows: dict[str, dict[str, dict[str, float]]]) -> str:
     if any("holdout" in n for n in names):
         lacking = [seed for seed, n in zip(rows, names) if "holdout" not in n]
         if lacking:
-            raise FileNotFoundError(f"seed(s) {' '.join(lacking)}: no holdout scores while other seeds have them "
-                                    "(rerun bench/semi.sh for those seeds)")
+            raise ValueError(f"seed(s) {' '.join(lacking)}: no holdout scores while other seeds have them "
+                             "(rerun bench/semi.sh for those seeds)")
         return "holdout"
     first = names[0][0]
     if any(first not in n for n in names):
-        raise FileNotFoundError(f"the seeds were scored on different splits ({names}); rerun them alike")
+        raise ValueError(f"the seeds were scored on different splits ({names}); rerun them alike")
     return first
 
 
