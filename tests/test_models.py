@@ -127,6 +127,26 @@ def test_cnn_bn_momentum_override_reaches_every_batchnorm():
         CNNEncoder(arch="resnet18", bn_momentum=1.5)
 
 
+def test_head_dropout_noises_the_slice_head_in_training_only():
+    paddle.seed(0)
+    noisy = CNNEncoder(arch="mobilenet_v3_small", scale=0.5, head_dropout=0.5)
+    clean = CNNEncoder(arch="mobilenet_v3_small", scale=0.5)
+    clean.set_state_dict(noisy.state_dict())  # dropout has no weights: the same checkpoint keys
+    assert isinstance(clean.head_drop, paddle.nn.Identity)  # 0 draws no random numbers
+    feats = paddle.randn([8, noisy.feature_dim])
+    noisy.train()
+    dropped = noisy.forward_head(feats).numpy()
+    assert not np.allclose(dropped, noisy.forward_head(feats).numpy())  # a new mask per call
+    clean.eval(), noisy.eval()
+    np.testing.assert_allclose(noisy.forward_head(feats).numpy(), clean.forward_head(feats).numpy(), atol=1e-6)
+    noisy.train(), clean.train()
+    x = series(1, 3, 32)
+    with paddle.no_grad():  # the features a sequence head reads are not dropped
+        np.testing.assert_allclose(noisy.encode_series(x).numpy(), clean.encode_series(x).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="head_dropout"):
+        CNNEncoder(arch="mobilenet_v3_small", head_dropout=1.0)
+
+
 def test_encode_series_chunks_and_padding():
     enc = tiny_swin(chunk_size=3).eval()
     x, mask = series(2, 4, 64), mask_of([4, 2], 4)

@@ -26,9 +26,20 @@ class SliceEncoder(nn.Layer, abc.ABC):
         recompute: activation checkpointing per chunk (paddle's ``fleet.utils.recompute``): only the
             chunk inputs are kept, activations are recomputed in backward. Meant for GPU training of
             the large encoders; ignored in eval mode.
+        head_dropout: dropout on the pooled features in front of the per-slice head, training
+            only (model noise for a Noisy-Student student, arXiv 1911.04252: 0.5 there). The
+            features handed to a sequence head are not dropped. 0 builds no layer at all, so
+            runs without it draw the same random numbers as before the option existed.
     """
 
-    def __init__(self, feature_dim: int, num_classes: int = 6, chunk_size: int | None = 32, recompute: bool = False):
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: int = 6,
+        chunk_size: int | None = 32,
+        recompute: bool = False,
+        head_dropout: float = 0.0,
+    ):
         super().__init__()
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of slices or null, got {chunk_size}")
@@ -36,6 +47,10 @@ class SliceEncoder(nn.Layer, abc.ABC):
         self.num_classes = int(num_classes)
         self.chunk_size = chunk_size
         self.recompute = bool(recompute)
+        if not 0.0 <= head_dropout < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout}")
+        self.head_dropout = float(head_dropout)
+        self.head_drop = nn.Dropout(self.head_dropout) if self.head_dropout else nn.Identity()
         self.head = nn.Linear(self.feature_dim, self.num_classes)
 
     @abc.abstractmethod
@@ -44,7 +59,7 @@ class SliceEncoder(nn.Layer, abc.ABC):
 
     def forward_head(self, features: paddle.Tensor) -> paddle.Tensor:
         """Per-slice logits from pooled features; works on [N, D] and on [B, S, D]."""
-        return self.head(features)
+        return self.head(self.head_drop(features))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """[N, C, H, W] slices → [N, num_classes] per-slice logits."""

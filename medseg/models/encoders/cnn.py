@@ -78,6 +78,7 @@ class CNNEncoder(SliceEncoder):
             of another size are rejected, which catches a transform/model mismatch early, and
             ``model_info`` uses it.
         pretrained: a local ``.pdparams``/``.safetensors`` file (paddle.vision names or ours).
+        head_dropout: see :class:`SliceEncoder`.
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class CNNEncoder(SliceEncoder):
         scale: float | None = None,
         pool: str = "avg",
         bn_momentum: float | None = None,
+        head_dropout: float = 0.0,
     ):
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
@@ -108,7 +110,7 @@ class CNNEncoder(SliceEncoder):
             backbone.pool2d_avg = paddle.nn.Identity()
         else:
             backbone = ARCHS[arch](pretrained=False, num_classes=0, with_pool=False, **extra)
-        super().__init__(_feature_width(backbone), num_classes, chunk_size, recompute)
+        super().__init__(_feature_width(backbone), num_classes, chunk_size, recompute, head_dropout)
         self.arch, self.img_size, self.pool = arch, img_size, pool
         if bn_momentum is not None:
             if not 0.0 <= bn_momentum < 1.0:

@@ -335,7 +335,8 @@ class SwinTransformer(SliceEncoder):
     override it (tests use a tiny custom configuration). The input size is fixed at construction
     (``img_size``) because the shifted-window masks depend on it; every stage's feature map must
     be divisible by the window or smaller than it (then the window shrinks to the map, no shift).
-    Drop path rises linearly from 0 to ``drop_path_rate`` over all blocks and acts per sample.
+    Drop path rises linearly from 0 to ``drop_path_rate`` over all blocks and acts per sample;
+    ``head_dropout``: see :class:`SliceEncoder`.
     """
 
     def __init__(
@@ -361,6 +362,7 @@ class SwinTransformer(SliceEncoder):
         chunk_size: int | None = 32,
         recompute: bool = False,
         pretrained: str | None = None,
+        head_dropout: float = 0.0,
     ):
         if variant is not None and variant not in VARIANTS:
             raise ValueError(f"unknown Swin variant {variant!r}; known: {', '.join(VARIANTS)} (or null with explicit sizes)")
@@ -373,7 +375,7 @@ class SwinTransformer(SliceEncoder):
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         num_features = int(embed_dim * 2 ** (len(depths) - 1))
-        super().__init__(num_features, num_classes, chunk_size, recompute)
+        super().__init__(num_features, num_classes, chunk_size, recompute, head_dropout)
         self.img_size, self.variant = img_size, variant
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm)
         self.pos_drop = nn.Dropout(drop_rate)
