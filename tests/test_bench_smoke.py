@@ -1,8 +1,8 @@
 """Smoke runs of bench/semi.sh: every step of the bench (cohorts, prepare, labelled subset, teacher,
-each arm's stage 2, pseudo-labels, student, scoring on the test split and on a holdout cohort, the
-summary over seeds) on a tiny cohort with two training steps per run. Two seeds, so the mean ± sd
-lines are exercised; the target cannot be met in two steps, so the bench must exit 1, and 0 with
-BENCH_NO_FAIL=1."""
+each arm's stage 2, pseudo-labels of the cohort and of its pool cohort, student, scoring on the test
+split and on a holdout cohort, the summary over seeds) on a tiny cohort with two training steps per
+run. Two seeds, so the mean ± sd lines are exercised; the target cannot be met in two steps, so the
+bench must exit 1, and 0 with BENCH_NO_FAIL=1."""
 
 import os
 import re
@@ -11,9 +11,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
-from medseg.data.cohort_seeds import holdout_seed
+from bench.semi_pool_ratios import split_pseudo_share
+from medseg.data.cohort_seeds import holdout_seed, pool_seed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = ("1", "2")  # dev seeds (medseg/data/cohort_seeds.py)
@@ -22,7 +25,7 @@ SEEDS = ("1", "2")  # dev seeds (medseg/data/cohort_seeds.py)
 def semi_env(out, **extra):
     env = {k: v for k, v in os.environ.items() if k not in ("BENCH_NO_FAIL", "RAW")}
     env.update(PYTHON=sys.executable, SEMI_OUT=str(out), SEMI_SEEDS=" ".join(SEEDS), SEMI_SERIES="12", SEMI_SIZE="48",
-               SEMI_SLICES="6", SEMI_HOLDOUT_SERIES="12", TEACHER_ITERS="2", HEAD_ITERS="2", SEMI_PROCS="1", SEMI_TRAIN_FLAGS="--batch_size 2")
+               SEMI_SLICES="6", SEMI_HOLDOUT_SERIES="12", SEMI_POOL_SERIES="12", TEACHER_ITERS="2", HEAD_ITERS="2", SEMI_PROCS="1", SEMI_TRAIN_FLAGS="--batch_size 2")
     return dict(env, **extra)
 
 
@@ -89,8 +92,20 @@ def test_semi_bench_smoke(semi_run):
         pseudo = (seed_dir / "semi_pseudo_meta.csv").read_text()
         held_slices = {line.split(",")[0].rsplit("_", 1)[0] for line in holdout_truth.splitlines()[1:]}
         assert held_slices and not any(slice_id in pseudo for slice_id in held_slices)
-        assert f"generator seed {holdout_seed(int(seed))}," in proc.stdout
-    assert len(re.findall(r"pseudo_label\] teacher .* predicts .*, calibrated$", proc.stdout, re.M)) == 2 * len(SEEDS)
+        assert f"holdout cohort {out}/holdout_raw_{seed}: generator seed {holdout_seed(int(seed))}," in proc.stdout
+        # the pool: its own cohort, its test series pseudo-labelled by the teacher, drawn by the student
+        # with the cohort's pseudo-labelled series in proportion to their counts, 1 : 1 with the labelled
+        assert f"pool cohort {out}/pool_raw_{seed}: generator seed {pool_seed(int(seed))}," in proc.stdout
+        pool, own = (pd.read_csv(seed_dir / f"{name}_pseudo_meta.csv") for name in ("pool", "semi"))
+        assert len(pool) and not set(pool.slice_id) & (held_slices | set(own.slice_id))
+        counts = [own.series_id.nunique(), pool.series_id.nunique()]
+        shares = re.search(rf"== seed {seed}, 5/6 student: .* shares (\[[^]]+\])", proc.stdout).group(1)
+        np.testing.assert_allclose(yaml.safe_load(shares), split_pseudo_share([1, 1], counts), rtol=1e-5)
+    assert len(re.findall(r"pseudo_label\] teacher .* predicts .*, calibrated$", proc.stdout, re.M)) == 3 * len(SEEDS)
+    sources = yaml.safe_load((out / "student_pool.yml").read_text())["train_dataset"]["datasets"]
+    assert [(d["type"], d["dataset_root"]) for d in sources] == [
+        ("RSNASeriesDataset", str(out / "prepared")), ("PseudoSeriesDataset", str(out / "prepared")),
+        ("PseudoSeriesDataset", str(out / "pool_prepared"))]
     again = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(out), "--seeds", *SEEDS], cwd=ROOT,
                            env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
     assert again.returncode == 0 and "MISS" in again.stdout, again.stdout + again.stderr
@@ -132,7 +147,8 @@ def test_semi_bench_takes_an_existing_cohort(semi_run, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert f"cohort {site} + prepare" in proc.stdout and "on the val split" in proc.stdout
     assert "targets on the val split's" in proc.stdout and "holdout" not in proc.stdout  # nothing generated
-    assert not list((tmp_path / "semi").glob("raw_*")) and not list((tmp_path / "semi").glob("holdout_*"))
+    assert "pool cohort" not in proc.stdout and "shares" not in proc.stdout  # the student of the two-source config
+    assert not [p for pattern in ("raw_*", "holdout_*", "pool_*") for p in (tmp_path / "semi").glob(pattern)]
     bad = run_semi(semi_env(tmp_path / "semi2", RAW=str(tmp_path / "missing")))
     assert bad.returncode == 2 and "not a directory" in bad.stderr
 
@@ -142,3 +158,26 @@ def test_demo_refuses_a_missing_raw_folder(tmp_path):
     proc = subprocess.run(["bash", os.path.join(ROOT, "script", "demo.sh")], env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and f"RAW={tmp_path / 'missing'}: not a directory" in proc.stderr
+
+
+def test_pool_shares_keep_the_labelled_share_and_weigh_sources_by_series():
+    assert split_pseudo_share([1, 1], [191, 571]) == pytest.approx([1.0, 191 / 762, 571 / 762])
+    assert split_pseudo_share([1, 3], [50, 50]) == pytest.approx([1.0, 1.5, 1.5])
+    with pytest.raises(ValueError, match="two shares"):
+        split_pseudo_share([1, 1, 1], [5, 5])
+    with pytest.raises(ValueError, match="needs series"):
+        split_pseudo_share([1, 1], [5, 0])
+
+
+def test_pool_ratios_cli_names_a_bad_table(tmp_path):
+    (tmp_path / "student.yml").write_text("train_dataset: {ratios: [1, 1]}\n")
+    (tmp_path / "a.csv").write_text("slice_id,series_id\ns1,A\ns2,A\ns3,B\n")
+    (tmp_path / "empty.csv").write_text("slice_id,series_id\n")
+    def run(*tables):
+        return subprocess.run([sys.executable, "-m", "bench.semi_pool_ratios", "--config", str(tmp_path / "student.yml"),
+                               "--pseudo", *map(str, tables)], cwd=ROOT, capture_output=True, text=True)
+    ok = run(tmp_path / "a.csv", tmp_path / "a.csv")
+    assert ok.returncode == 0 and yaml.safe_load(ok.stdout) == [1.0, 0.5, 0.5], ok.stderr
+    for bad in (tmp_path / "empty.csv", tmp_path / "missing.csv"):
+        proc = run(tmp_path / "a.csv", bad)
+        assert proc.returncode == 2 and str(bad) in proc.stderr, proc.stderr
