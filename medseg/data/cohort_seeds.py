@@ -23,7 +23,8 @@ demo numbers were read on its test split. In ``bench/semi.sh`` one seed drives t
 patient split and the training runs, so the report seeds give three independent replicates.
 
 Shell scripts read the lists with ``python -m medseg.data.cohort_seeds {dev,report}`` (one line,
-space-separated) and a cohort's holdout or pool seed with ``python -m medseg.data.cohort_seeds {holdout,pool} S``.
+space-separated) and a cohort's holdout or pool seed with
+``python -m medseg.data.cohort_seeds {holdout,pool} S``.
 """
 
 from __future__ import annotations
