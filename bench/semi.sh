@@ -74,10 +74,13 @@ START=$(date +%s)
 mkdir -p "$OUT"
 
 # The configs read bench_output/semi/prepared; these copies (resolved, every dataset_root -> $DATA)
-# let SEMI_OUT point anywhere. student_pool.yml is the student's with a third source: the pool
-# cohort's pseudo-labelled test series ($POOL; its leakage check: that cohort's validation split).
+# let SEMI_OUT point anywhere. With a pool, student_pool.yml is the student's with a third source:
+# the pool cohort's pseudo-labelled test series ($POOL; its leakage check: that cohort's
+# validation split).
+pool_root=
+[ "$POOL_SERIES" -eq 0 ] || pool_root=$POOL
 for name in teacher student head; do
-  "$PYTHON" - "config/semi/${name}_synthetic.yml" "$DATA" "$OUT/$name.yml" "$POOL" <<'PY'
+  "$PYTHON" - "config/semi/${name}_synthetic.yml" "$DATA" "$OUT/$name.yml" "$pool_root" <<'PY'
 import copy
 import sys
 from medseg.config import Config
@@ -91,7 +94,7 @@ def point(node, root):
 source, data, out, pool = sys.argv[1:]
 cfg = point(Config(source).dict, data)
 atomic_write_text(out, f"# {source}, resolved, dataset_root -> {data} (written by bench/semi.sh)\n" + Config(data=cfg).dump())
-if out.endswith("student.yml"):
+if pool and out.endswith("student.yml"):
     extra = copy.deepcopy(cfg["train_dataset"]["datasets"][-1])  # the pseudo-labelled source
     extra.update(dataset_root=pool, exclude_splits=["val"])
     cfg["train_dataset"]["datasets"].append(extra)

@@ -36,7 +36,6 @@ REPORT_SEEDS: tuple[int, ...] = (101, 102, 103)
 SEEDS: dict[str, tuple[int, ...]] = {"dev": DEV_SEEDS, "report": REPORT_SEEDS}
 HOLDOUT_OFFSET = 10000  # above every dev and report seed, so no holdout cohort is one of theirs
 POOL_OFFSET = 20000  # above every holdout seed of a cohort seed below 10000
-DERIVED: dict[str, int] = {"holdout": HOLDOUT_OFFSET, "pool": POOL_OFFSET}
 
 
 def holdout_seed(seed: int) -> int:
@@ -49,6 +48,9 @@ def pool_seed(seed: int) -> int:
     return POOL_OFFSET + int(seed)
 
 
+DERIVED = {"holdout": holdout_seed, "pool": pool_seed}  # purpose -> cohort seed's derived seed
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m medseg.data.cohort_seeds",
                                      description="Print the synthetic cohort seeds of one purpose.")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.purpose in DERIVED:
         if args.seed is None:
             parser.error(f"{args.purpose} needs the cohort seed, e.g. {args.purpose} 101")
-        print(DERIVED[args.purpose] + args.seed)
+        print(DERIVED[args.purpose](args.seed))
     else:
         print(" ".join(map(str, SEEDS[args.purpose])))
 
