@@ -12,6 +12,11 @@ source) is the teacher's run itself, so both targets read the one ratio; each is
 missed by a margin beyond the spread or within it (the gap between the mean ratio and its bound,
 either way, larger than the ratio's sd over seeds or not). Exits 1 when a target is missed, 0 with
 ``--no_fail`` or ``BENCH_NO_FAIL=1``; 2 when a seed's scores are missing.
+
+With ``SEMI_ORACLE=1`` the bench also trains the oracle (the student's run with the true labels of
+the same series): its column, oracle / teacher (what perfect pseudo-labels would give: the usual
+ceiling of pseudo-labelling, itself one training run) and the share of that gain the pseudo-labels
+took, ``(teacher - student) / (teacher - oracle)``, are printed too; the targets do not read them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from medseg.outputs.predictions import read_table
 from medseg.outputs.report import align
 
 ARMS = ("teacher", "student")
+ORACLE = "oracle"  # optional arm (SEMI_ORACLE=1): every seed has it or none
 RATIO = ("student", "teacher")
 # (target name, bound, comparison) on the mean of student / teacher; the control is the teacher's run
 TARGETS = (("student / teacher", 0.95, "<="), ("student / control (the teacher's run)", 1.0, "<"))
@@ -53,8 +59,10 @@ def score_split(seed_dir: str, split: str, truth_path: str) -> dict[str, float]:
     truth, _ = read_table(truth_path)
     labels = [f"t_{name}" for name in LABELS]
     out: dict[str, float] = {}
-    for arm in ARMS:  # both arms or no verdict: a missing file must not read as "all targets met"
+    for arm in (*ARMS, ORACLE):  # teacher and student or no verdict: a missing file must not read as "all targets met"
         pred_path = os.path.join(seed_dir, f"{arm}_{split}.csv")
+        if arm == ORACLE and not os.path.isfile(pred_path):
+            continue  # checked across seeds by oracle_columns()
         if not os.path.isfile(pred_path):
             raise FileNotFoundError(f"{pred_path}: the {arm}'s predictions are missing (did bench/semi.sh finish this seed?)")
         frame = align(read_table(pred_path)[0], truth, pred_path, truth_path)
@@ -95,6 +103,35 @@ def target_split(rows: dict[str, dict[str, dict[str, float]]]) -> str:
     return first
 
 
+def oracle_columns(rows: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """``["oracle"]`` when every seed has the oracle's scores on every split it was scored on, ``[]``
+    when none has; a mix is an error (a ceiling over some seeds only would not compare)."""
+    has = {seed: all(ORACLE in scores for scores in r.values()) for seed, r in rows.items()}
+    if any(has.values()) and not all(has.values()):
+        lacking = [seed for seed, ok in has.items() if not ok]
+        raise ValueError(f"seed(s) {' '.join(lacking)}: no oracle scores while other seeds have them "
+                         "(rerun bench/semi.sh with SEMI_ORACLE=1 for those seeds)")
+    return [ORACLE] if all(has.values()) else []
+
+
+def print_ceiling(split: str, rows: dict[str, dict[str, float]]) -> None:
+    """Oracle / teacher and the share of its gain the student took, per seed and mean ± sd."""
+    print(f"the ceiling on the {split} split (the oracle: the student's run with the true labels of its "
+          "pseudo-labelled series); captured = (teacher - student) / (teacher - oracle)")
+    ceiling = {seed: r[ORACLE] / r["teacher"] for seed, r in rows.items()}
+    captured = {seed: (r["teacher"] - r["student"]) / (r["teacher"] - r[ORACLE])
+                for seed, r in rows.items() if r["teacher"] > r[ORACLE]}
+    for seed in rows:
+        share = f"{captured[seed]:.3f}" if seed in captured else "n/a (the oracle is no better than the teacher)"
+        print(f"{seed:>6} oracle/teacher {ceiling[seed]:.5f} captured {share}")
+    mean, sd = mean_sd(list(ceiling.values()))
+    line = f"{'mean':>6} oracle/teacher {mean:.3f} ± {sd:.3f}"
+    if captured:
+        c_mean, c_sd = mean_sd(list(captured.values()))
+        line += f" captured {c_mean:.3f} ± {c_sd:.3f} over {len(captured)} seed(s)"
+    print(line)
+
+
 def print_table(split: str, rows: dict[str, dict[str, float]], columns: list[str], ratio: str) -> tuple[float, float]:
     """One split's per-seed rows, mean and sd; returns the ratio's mean and sd."""
     a, b = RATIO
@@ -129,10 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = {seed: score_seed(os.path.join(args.out, f"seed_{seed}")) for seed in args.seeds}
         target = target_split(rows)
+        oracle = oracle_columns(rows)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    columns = ["prior", "pseudo_vs_hidden", *ARMS]
+    columns = ["prior", "pseudo_vs_hidden", *ARMS, *oracle]
     ratio = "/".join(RATIO)
     splits = [split for split in next(iter(rows.values())) if all(split in r for r in rows.values())]
     ratios = {split: print_table(split, {seed: r[split] for seed, r in rows.items()}, columns, ratio) for split in splits}
@@ -147,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {mean:.3f} ± {sd:.3f} over {len(rows)} seed(s); target {op} {bound:g} on the mean; "
               f"{side} by a margin {spread} the spread (bound - mean {bound - mean:+.3f}, sd {sd:.3f})")
         checks.append((f"{name} mean {op} {bound:g}", ok))
+    if oracle:
+        print_ceiling(target, {seed: r[target] for seed, r in rows.items()})
     return finish(checks, args.no_fail)
 
 

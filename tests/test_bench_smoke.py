@@ -1,7 +1,7 @@
 """Smoke runs of bench/semi.sh: every step of the bench (cohorts, prepare, labelled subset, teacher,
 each arm's stage 2, pseudo-labels of the cohort and of its pool cohort, student, scoring on the test
-split and on a holdout cohort, the summary over seeds) on a tiny cohort with two training steps per
-run. Two seeds, so the mean ± sd lines are exercised; the target cannot be met in two steps, so the
+split and on a holdout cohort, the oracle arm, the summary over seeds) on a tiny cohort with two
+training steps per run. Two seeds, so the mean ± sd lines are exercised; the target cannot be met in two steps, so the
 bench must exit 1, and 0 with BENCH_NO_FAIL=1."""
 
 import os
@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from bench.semi_pool_ratios import split_pseudo_share
+from medseg.constants import LABELS
 from medseg.data.cohort_seeds import holdout_seed, pool_seed
+from medseg.outputs.predictions import read_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = ("1", "2")  # dev seeds (medseg/data/cohort_seeds.py)
@@ -25,7 +27,7 @@ SEEDS = ("1", "2")  # dev seeds (medseg/data/cohort_seeds.py)
 def semi_env(out, **extra):
     env = {k: v for k, v in os.environ.items() if k not in ("BENCH_NO_FAIL", "RAW")}
     env.update(PYTHON=sys.executable, SEMI_OUT=str(out), SEMI_SEEDS=" ".join(SEEDS), SEMI_SERIES="12", SEMI_SIZE="48",
-               SEMI_SLICES="6", SEMI_HOLDOUT_SERIES="12", SEMI_POOL_SERIES="12", TEACHER_ITERS="2", HEAD_ITERS="2", SEMI_PROCS="1", SEMI_TRAIN_FLAGS="--batch_size 2")
+               SEMI_SLICES="6", SEMI_HOLDOUT_SERIES="12", SEMI_POOL_SERIES="12", SEMI_ORACLE="1", TEACHER_ITERS="2", HEAD_ITERS="2", SEMI_PROCS="1", SEMI_TRAIN_FLAGS="--batch_size 2")
     return dict(env, **extra)
 
 
@@ -67,7 +69,7 @@ def test_semi_bench_smoke(semi_run):
     assert "on the holdout cohort's test split" in titles[1], titles
     for header, rows in tables.values():
         assert set(rows) == {*SEEDS, "mean", "sd"}, proc.stdout
-        assert header == ["prior", "pseudo_vs_hidden", "teacher", "student", "student/teacher"]
+        assert header == ["prior", "pseudo_vs_hidden", "teacher", "student", "oracle", "student/teacher"]
         per_seed = np.array([rows[s] for s in SEEDS])
         col = header.index
         np.testing.assert_allclose(per_seed[:, col("student/teacher")],
@@ -79,9 +81,21 @@ def test_semi_bench_smoke(semi_run):
     mean, sd = map(float, re.search(r"^student / teacher: ([0-9.]+) ± ([0-9.]+)", proc.stdout, re.M).groups())
     holdout = tables[titles[1]][1]
     assert (mean, sd) == (round(holdout["mean"][-1], 3), round(holdout["sd"][-1], 3)), proc.stdout
+    # the oracle's ceiling, on the holdout too: oracle / teacher and the share of its gain the student took
+    assert "the ceiling on the holdout split" in proc.stdout
+    for seed in SEEDS:
+        teacher, student, oracle = holdout[seed][2:5]
+        line = re.search(rf"^\s*{seed} oracle/teacher ([0-9.]+) captured (\S+)", proc.stdout, re.M)
+        assert float(line.group(1)) == pytest.approx(oracle / teacher, abs=2e-5)
+        if teacher > oracle:
+            captured = (teacher - student) / (teacher - oracle)
+            rounding = 1e-5 * (1 + abs(captured)) / (teacher - oracle)  # the table's values carry 5 decimals
+            assert float(line.group(2)) == pytest.approx(captured, abs=rounding + 1e-3)
+        else:
+            assert line.group(2) == "n/a", line.group(0)
     for seed in SEEDS:
         seed_dir = out / f"seed_{seed}"
-        for who in ("teacher", "student"):
+        for who in ("teacher", "student", "oracle"):
             assert (seed_dir / f"{who}_test.csv").is_file() and (seed_dir / f"{who}_holdout.csv").is_file(), who
             # every arm is scored as a whole model (its encoder + the same stage 2), calibrated on validation;
             # the pseudo-labels are the teacher's whole model's calibrated probabilities
@@ -101,11 +115,23 @@ def test_semi_bench_smoke(semi_run):
         counts = [own.series_id.nunique(), pool.series_id.nunique()]
         shares = re.search(rf"== seed {seed}, 5/6 student: .* shares (\[[^]]+\])", proc.stdout).group(1)
         np.testing.assert_allclose(yaml.safe_load(shares), split_pseudo_share([1, 1], counts), rtol=1e-5)
+        # the oracle: the rows of each pseudo table with their true labels (the hidden series' from the
+        # training table, the test series' from the generator's truth)
+        truth = pd.concat([pd.read_csv(seed_dir / "train_meta.csv")[["slice_id", *LABELS]],
+                           read_table(str(out / f"raw_{seed}" / "stage_2_test_truth.csv"))[0],
+                           read_table(str(out / f"pool_raw_{seed}" / "stage_2_test_truth.csv"))[0]]).set_index("slice_id")
+        for pseudo_table, oracle_table in ((own, "semi_oracle_meta.csv"), (pool, "pool_oracle_meta.csv")):
+            oracle = pd.read_csv(seed_dir / oracle_table)
+            assert oracle.slice_id.tolist() == pseudo_table.slice_id.tolist(), oracle_table
+            np.testing.assert_array_equal(oracle[list(LABELS)].to_numpy(), truth.loc[oracle.slice_id, list(LABELS)].to_numpy())
     assert len(re.findall(r"pseudo_label\] teacher .* predicts .*, calibrated$", proc.stdout, re.M)) == 3 * len(SEEDS)
     sources = yaml.safe_load((out / "student_pool.yml").read_text())["train_dataset"]["datasets"]
     assert [(d["type"], d["dataset_root"]) for d in sources] == [
         ("RSNASeriesDataset", str(out / "prepared")), ("PseudoSeriesDataset", str(out / "prepared")),
         ("PseudoSeriesDataset", str(out / "pool_prepared"))]
+    oracle_sources = yaml.safe_load((out / "student_pool_oracle.yml").read_text())["train_dataset"]["datasets"]
+    assert [d.get("split") for d in oracle_sources] == ["train_labelled", "semi_oracle", "semi_oracle"]
+    assert [d["dataset_root"] for d in oracle_sources] == [d["dataset_root"] for d in sources]
     again = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(out), "--seeds", *SEEDS], cwd=ROOT,
                            env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
     assert again.returncode == 0 and "MISS" in again.stdout, again.stdout + again.stderr
@@ -134,6 +160,13 @@ def test_semi_summary_refuses_incomplete_seeds(semi_run, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(tmp_path / "mixed"), "--seeds", *SEEDS],
                           cwd=ROOT, env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
     assert proc.returncode == 2 and "expected '<split> <truth table>' lines, got ['test']" in proc.stderr, proc.stderr
+    # the oracle on some seeds only: no ceiling over a subset
+    for seed in SEEDS:
+        shutil.copytree(out / f"seed_{seed}", tmp_path / "oracle" / f"seed_{seed}")
+    (tmp_path / "oracle" / f"seed_{SEEDS[1]}" / "oracle_holdout.csv").unlink()
+    proc = subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(tmp_path / "oracle"), "--seeds", *SEEDS],
+                          cwd=ROOT, env=dict(env, BENCH_NO_FAIL="1"), capture_output=True, text=True)
+    assert proc.returncode == 2 and f"seed(s) {SEEDS[1]}: no oracle scores" in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow
@@ -143,7 +176,11 @@ def test_semi_bench_takes_an_existing_cohort(semi_run, tmp_path):
     site = tmp_path / "site"
     shutil.copytree(out / f"raw_{SEEDS[0]}", site)
     (site / "stage_2_test_truth.csv").unlink()
-    proc = run_semi(semi_env(tmp_path / "semi", RAW=str(site), SEMI_SEEDS=SEEDS[0], BENCH_NO_FAIL="1"))
+    # the oracle needs the test split's labels: refused before anything is trained
+    no_truth = run_semi(semi_env(tmp_path / "semi", RAW=str(site), SEMI_SEEDS=SEEDS[0]))
+    assert no_truth.returncode == 2 and f"SEMI_ORACLE=1: {site}/stage_2_test_truth.csv is missing" in no_truth.stderr
+    assert not (tmp_path / "semi").exists()
+    proc = run_semi(semi_env(tmp_path / "semi", RAW=str(site), SEMI_SEEDS=SEEDS[0], SEMI_ORACLE="0", BENCH_NO_FAIL="1"))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert f"cohort {site} + prepare" in proc.stdout and "on the val split" in proc.stdout
     assert "targets on the val split's" in proc.stdout and "holdout" not in proc.stdout  # nothing generated
@@ -151,6 +188,8 @@ def test_semi_bench_takes_an_existing_cohort(semi_run, tmp_path):
     assert not [p for pattern in ("raw_*", "holdout_*", "pool_*") for p in (tmp_path / "semi").glob(pattern)]
     bad = run_semi(semi_env(tmp_path / "semi2", RAW=str(tmp_path / "missing")))
     assert bad.returncode == 2 and "not a directory" in bad.stderr
+    bad = run_semi(semi_env(tmp_path / "semi2", SEMI_ORACLE="yes"))
+    assert bad.returncode == 2 and "SEMI_ORACLE=yes: expected 0 or 1" in bad.stderr
 
 
 def test_demo_refuses_a_missing_raw_folder(tmp_path):

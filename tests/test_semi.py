@@ -129,6 +129,33 @@ def test_cli_with_a_teacher_checkpoint_and_its_refusals(root, tmp_path, capsys):
     assert os.path.getmtime(out) == before
 
 
+def test_cli_with_tables_in_either_format_one_per_part(root, tmp_path, capsys):
+    """--predictions takes several tables, a predictions CSV and a Kaggle ID,Label file (how bench/semi.sh
+    feeds the true labels to its oracle): their slices are combined, the labels pass through unchanged;
+    a slice in two tables or in none is an error naming the file, and the output is left alone."""
+    from medseg.outputs.predictions import wide_to_kaggle
+    config = write_config(str(tmp_path / "teacher.yml"), root, size=16)
+    meta = read_meta(root, "test")
+    values = np.random.default_rng(5).integers(0, 2, size=(len(meta), 6)).astype(float)
+    frame = fake_predictions(meta, values)
+    half = meta["series_id"].isin(meta["series_id"].unique()[:2]).to_numpy()
+    wide, kaggle = str(tmp_path / "part_a.csv"), str(tmp_path / "part_b.csv")
+    frame[half].to_csv(wide, index=False)
+    wide_to_kaggle(frame[~half]).to_csv(kaggle, index=False)
+    out = os.path.join(root, "tables_pseudo_meta.csv")
+    base = ["--config", config, "--split", "test", "--out", out]
+    assert pl.main(base + ["--predictions", wide, kaggle]) == 0
+    written = pd.read_csv(out, dtype={"slice_id": str}).set_index("slice_id").loc[meta["slice_id"], list(LABELS)]
+    np.testing.assert_array_equal(written.to_numpy(), values)
+    before = os.path.getmtime(out)
+    capsys.readouterr()
+    assert pl.main(base + ["--predictions", wide, kaggle, wide]) == 2
+    assert f"{wide}: {int(half.sum())} slice(s) also in {wide}" in capsys.readouterr().err
+    assert pl.main(base + ["--predictions", kaggle]) == 2  # the other half has no prediction
+    assert f"{int(half.sum())} slice(s) of the split have no teacher prediction" in capsys.readouterr().err
+    assert os.path.getmtime(out) == before
+
+
 def test_teacher_calibration_is_applied_before_the_rules(root, tmp_path):
     """A calibration.json beside the teacher's weights turns its probabilities into calibrated ones
     before any sharpening, as infer.py does; --no_calibration keeps the raw ones."""

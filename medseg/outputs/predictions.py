@@ -176,3 +176,28 @@ def read_table(path: str) -> tuple[pd.DataFrame, str]:
         f"{path}: neither a Kaggle table (ID,Label) nor a predictions CSV ({', '.join(PRED_COLUMNS)}); "
         f"found columns {', '.join(map(str, df.columns))}"
     )
+
+
+def read_tables(paths: Iterable[str]) -> pd.DataFrame:
+    """:func:`read_table` of each file (either format), combined: ``slice_id`` + the six labels.
+
+    Probabilities of different splits usually live in different files (``infer.py`` writes one per
+    split; labels come as a Kaggle ``ID,Label`` file or a prepared meta table). A slice in two
+    files is an error naming both: taking either copy silently could hide a mix-up of runs.
+    """
+    paths = list(paths)
+    if not paths:
+        raise TableError("no table given")
+    frames = []
+    for path in paths:
+        frame = read_table(path)[0][["slice_id", *LABELS]].copy()
+        frame["source"] = path
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    twice = table["slice_id"].duplicated(keep=False)
+    if twice.any():
+        first = table.loc[twice, "slice_id"].iloc[0]
+        sources = table.loc[table["slice_id"] == first, "source"]
+        raise TableError(f"{sources.iloc[-1]}: {int(table['slice_id'].duplicated().sum())} slice(s) also in "
+                         f"{sources.iloc[0]}, e.g. {first}")
+    return table.drop(columns="source")

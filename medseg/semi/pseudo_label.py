@@ -1,7 +1,8 @@
 """``python -m medseg.semi.pseudo_label``: a teacher's predictions on unlabelled series → a meta table.
 
 The teacher (``--model`` checkpoint + ``--config``, run through the engine's ``predict_dataset``, or an
-existing predictions CSV such as an ensemble's via ``--predictions``) predicts every slice of the
+existing table via ``--predictions``: an ensemble's predictions CSVs or Kaggle submissions, one or
+several files, or the true labels for a ceiling, as ``bench/semi.sh``'s oracle) predicts every slice of the
 given tags (``test``, or any prepared tag such as a hidden part of the training set). A
 checkpoint's ``calibration.json`` (:mod:`medseg.outputs.calibrate`, fitted on validation) is
 applied first, as ``infer.py`` applies it: an over- or under-confident teacher otherwise teaches
@@ -146,7 +147,9 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     p.add_argument("-o", "--opts", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     teacher = p.add_mutually_exclusive_group(required=True)
     teacher.add_argument("--model", help="teacher checkpoint (iter_N/, best_model/ or model.pdparams)")
-    teacher.add_argument("--predictions", help="teacher predictions CSV (e.g. an ensemble) instead of --model")
+    teacher.add_argument("--predictions", nargs="+", metavar="TABLE",
+                         help="instead of --model: predictions CSV(s) or Kaggle ID,Label table(s) (e.g. an ensemble's, "
+                              "one per split), combined; every slice of --split in exactly one of them")
     p.add_argument("--split", nargs="+", default=["test"], help="unlabelled tag(s) to pseudo-label")
     p.add_argument("--out", required=True, help="DATASET_ROOT/<tag>_meta.csv to write")
     p.add_argument("--dataset_root", help="default: the config's infer/val dataset_root")
@@ -171,7 +174,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
     from medseg.config import Config
     from medseg.data.build import eval_section
-    from medseg.outputs.predictions import read_predictions
+    from medseg.outputs.predictions import read_tables
 
     def job() -> None:
         cfg = Config(args.config, args.overrides)
@@ -186,7 +189,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         for split, meta in metas.items():  # before the (long) inference, not only after it
             check_no_leakage(meta, root, args.exclude, source=meta_path(root, split))
         if args.predictions:
-            table = read_predictions(args.predictions)
+            table = read_tables(args.predictions)
             predictions = {split: table for split in args.split}
         else:
             predictions = teacher_predictions(args.config, args.overrides, args.model, root, args.split,
