@@ -37,10 +37,11 @@
 # pool with RAW=DIR. 600 gave 0.958 ± 0.058 x the teacher on the dev holdouts, not the 0.95 asked
 # before it would be adopted: docs/tuning_notes.md),
 # SEMI_ORACLE (0; 1: a third arm, the oracle: the student's run with the true labels of the same
-# pseudo-labelled series, from the prepared training table and stage_2_test_truth.csv, so a cohort
-# without test truth cannot have one; scored like the others, never read by the targets; it prints
-# oracle / teacher, what perfect pseudo-labels would give (the usual ceiling, itself one training
-# run), and the share of that gain the student took; about 12 minutes more per seed),
+# pseudo-labelled series, from the prepared training table and stage_2_test_truth.csv; it trains on
+# the test split's labels, so it is scored on the holdout cohort only and needs one (not with
+# RAW=DIR or SEMI_HOLDOUT_SERIES=0); never read by the targets; it prints oracle / teacher, what
+# perfect pseudo-labels would give (the usual ceiling, itself one training run), and the share of
+# that gain the student took; about 12 minutes more per seed),
 # SEMI_FRACTION, TEACHER_ITERS (1500, the student's too), HEAD_ITERS (150), SEMI_TEMPERATURE
 # (pseudo-label sharpening after the calibration, default 1: none), SEMI_CALIBRATE (default 1:
 # every whole model gets per-class temperatures fitted on the validation split after training, as
@@ -79,8 +80,8 @@ case $ORACLE in 0|1) ;; *) echo "SEMI_ORACLE=$ORACLE: expected 0 or 1" >&2; exit
 ARMS="teacher student"
 [ "$ORACLE" = 0 ] || ARMS="$ARMS oracle"
 [ -z "$RAW" ] || [ -d "$RAW" ] || { echo "RAW=$RAW: not a directory (expected the Kaggle layout)" >&2; exit 2; }
-if [ "$ORACLE" = 1 ] && [ -n "$RAW" ] && [ ! -f "$RAW/stage_2_test_truth.csv" ]; then
-  echo "SEMI_ORACLE=1: $RAW/stage_2_test_truth.csv is missing; the oracle needs the true labels of the test series it trains on" >&2
+if [ "$ORACLE" = 1 ] && [ "$HOLDOUT_SERIES" -eq 0 ]; then
+  echo "SEMI_ORACLE=1 needs a holdout cohort (not with RAW=DIR or SEMI_HOLDOUT_SERIES=0): the oracle trains on the test split's true labels, so only a holdout can score it" >&2
   exit 2
 fi
 START=$(date +%s)
@@ -161,9 +162,9 @@ whole() {  # seed-dir arm encoder: the arm's stage 2 on its encoder -> <seed-dir
     || { tail -20 "$dir/${arm}_head.calibrate.log"; exit 1; }
 }
 
-score() {  # seed-dir split name dataset-root: every arm's whole model predicts <split> of <dataset-root> -> <seed-dir>/<arm>_<name>.csv
-  local dir=$1 split=$2 name=$3 root=$4 who
-  for who in $ARMS; do
+score() {  # seed-dir split name dataset-root arms: each arm's whole model predicts <split> of <dataset-root> -> <seed-dir>/<arm>_<name>.csv
+  local dir=$1 split=$2 name=$3 root=$4 arms=$5 who
+  for who in $arms; do
     "$PYTHON" infer.py --config "$OUT/head.yml" --resume_model "$dir/${who}_head/iter_$HEAD_ITERS" --split "$split" \
         -o "val_dataset.dataset_root=$root" --output "$dir/${who}_$name.csv" > "$dir/${who}_$name.log" 2>&1 \
         || { tail -20 "$dir/${who}_$name.log"; exit 1; }
@@ -231,7 +232,7 @@ for SEED in $SEEDS; do
     echo "== seed $SEED, 5/6 oracle: the student's run with the true labels of the same series -> semi_oracle_meta.csv"
     # the same rows as the pseudo tables (a series a confidence filter dropped stays out; a slice it
     # emptied gets its label); train_meta.csv still holds the hidden series' labels, the test truth
-    # is the generator's (or RAW's)
+    # is the generator's
     truth_labels "$dir" cohort "$DATA" "train_labelled val" "$DATA/train_meta.csv" "$raw/stage_2_test_truth.csv"
     [ "$POOL_SERIES" -eq 0 ] || truth_labels "$dir" pool "$POOL" val "$OUT/pool_raw_$SEED/stage_2_test_truth.csv"
     cp "$DATA/semi_oracle_meta.csv" "$dir/"
@@ -243,13 +244,13 @@ for SEED in $SEEDS; do
   split=test truth=$raw/stage_2_test_truth.csv
   [ -f "$truth" ] || { split=val truth=$DATA/val_meta.csv; }
   echo "== seed $SEED, 6/6 the whole models on the $split split (truth: $truth)"
-  score "$dir" "$split" "$split" "$DATA"
+  score "$dir" "$split" "$split" "$DATA" "teacher student"  # not the oracle: it trained on these labels
   echo "$split $truth" > "$dir/scored_on"  # one line per scored split: name, truth table
   if [ "$HOLDOUT_SERIES" -gt 0 ]; then
     held=$OUT/holdout_raw_$SEED
     echo "== seed $SEED, 6/6 the whole models on its holdout cohort"
     side_cohort "$dir" holdout "$HOLDOUT_SERIES" "$held" "$HOLDOUT"
-    score "$dir" test holdout "$HOLDOUT"
+    score "$dir" test holdout "$HOLDOUT" "$ARMS"
     echo "holdout $held/stage_2_test_truth.csv" >> "$dir/scored_on"
   fi
 done

@@ -14,7 +14,8 @@ either way, larger than the ratio's sd over seeds or not). Exits 1 when a target
 ``--no_fail`` or ``BENCH_NO_FAIL=1``; 2 when a seed's scores are missing.
 
 With ``SEMI_ORACLE=1`` the bench also trains the oracle (the student's run with the true labels of
-the same series): its column, oracle / teacher (what perfect pseudo-labels would give: the usual
+the same series): on the holdout (the oracle trained on the test split's true labels, so it is
+scored there only) its column, oracle / teacher (what perfect pseudo-labels would give: the usual
 ceiling of pseudo-labelling, itself one training run) and the share of that gain the pseudo-labels
 took, ``(teacher - student) / (teacher - oracle)``, are printed too; the targets do not read them.
 """
@@ -35,7 +36,7 @@ from medseg.outputs.predictions import read_table
 from medseg.outputs.report import align
 
 ARMS = ("teacher", "student")
-ORACLE = "oracle"  # optional arm (SEMI_ORACLE=1): every seed has it or none
+ORACLE = "oracle"  # optional arm (SEMI_ORACLE=1), on the holdout only: every seed has it or none
 RATIO = ("student", "teacher")
 # (target name, bound, comparison) on the mean of student / teacher; the control is the teacher's run
 TARGETS = (("student / teacher", 0.95, "<="), ("student / control (the teacher's run)", 1.0, "<"))
@@ -104,9 +105,9 @@ def target_split(rows: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def oracle_columns(rows: dict[str, dict[str, dict[str, float]]]) -> list[str]:
-    """``["oracle"]`` when every seed has the oracle's scores on every split it was scored on, ``[]``
-    when none has; a mix is an error (a ceiling over some seeds only would not compare)."""
-    has = {seed: all(ORACLE in scores for scores in r.values()) for seed, r in rows.items()}
+    """``["oracle"]`` when every seed has the oracle's holdout scores, ``[]`` when none has; a mix is
+    an error (a ceiling over some seeds only would not compare)."""
+    has = {seed: ORACLE in r.get("holdout", {}) for seed, r in rows.items()}
     if any(has.values()) and not all(has.values()):
         lacking = [seed for seed, ok in has.items() if not ok]
         raise ValueError(f"seed(s) {' '.join(lacking)}: no oracle scores while other seeds have them "
@@ -170,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    columns = ["prior", "pseudo_vs_hidden", *ARMS, *oracle]
+    columns = ["prior", "pseudo_vs_hidden", *ARMS]
     ratio = "/".join(RATIO)
     splits = [split for split in next(iter(rows.values())) if all(split in r for r in rows.values())]
-    ratios = {split: print_table(split, {seed: r[split] for seed, r in rows.items()}, columns, ratio) for split in splits}
+    ratios = {split: print_table(split, {seed: r[split] for seed, r in rows.items()},
+                                 columns + (oracle if split == "holdout" else []), ratio) for split in splits}
     print(f"targets on the {target} split's {ratio}")
     checks = []
     mean, sd = ratios[target]
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{side} by a margin {spread} the spread (bound - mean {bound - mean:+.3f}, sd {sd:.3f})")
         checks.append((f"{name} mean {op} {bound:g}", ok))
     if oracle:
-        print_ceiling(target, {seed: r[target] for seed, r in rows.items()})
+        print_ceiling("holdout", {seed: r["holdout"] for seed, r in rows.items()})
     return finish(checks, args.no_fail)
 
 

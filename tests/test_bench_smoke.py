@@ -67,9 +67,10 @@ def test_semi_bench_smoke(semi_run):
     titles = list(tables)
     assert len(titles) == 2 and "on the test split" in titles[0], titles  # the synthetic cohorts have test truth
     assert "on the holdout cohort's test split" in titles[1], titles
-    for header, rows in tables.values():
+    for title, (header, rows) in tables.items():
         assert set(rows) == {*SEEDS, "mean", "sd"}, proc.stdout
-        assert header == ["prior", "pseudo_vs_hidden", "teacher", "student", "oracle", "student/teacher"]
+        oracle = ["oracle"] if "holdout" in title else []  # the oracle trained on the test split's labels
+        assert header == ["prior", "pseudo_vs_hidden", "teacher", "student", *oracle, "student/teacher"]
         per_seed = np.array([rows[s] for s in SEEDS])
         col = header.index
         np.testing.assert_allclose(per_seed[:, col("student/teacher")],
@@ -96,7 +97,8 @@ def test_semi_bench_smoke(semi_run):
     for seed in SEEDS:
         seed_dir = out / f"seed_{seed}"
         for who in ("teacher", "student", "oracle"):
-            assert (seed_dir / f"{who}_test.csv").is_file() and (seed_dir / f"{who}_holdout.csv").is_file(), who
+            assert (seed_dir / f"{who}_test.csv").is_file() == (who != "oracle"), who
+            assert (seed_dir / f"{who}_holdout.csv").is_file(), who
             # every arm is scored as a whole model (its encoder + the same stage 2), calibrated on validation;
             # the pseudo-labels are the teacher's whole model's calibrated probabilities
             assert list((seed_dir / f"{who}_head").glob("iter_2/calibration.json")), who
@@ -176,10 +178,11 @@ def test_semi_bench_takes_an_existing_cohort(semi_run, tmp_path):
     site = tmp_path / "site"
     shutil.copytree(out / f"raw_{SEEDS[0]}", site)
     (site / "stage_2_test_truth.csv").unlink()
-    # the oracle needs the test split's labels: refused before anything is trained
-    no_truth = run_semi(semi_env(tmp_path / "semi", RAW=str(site), SEMI_SEEDS=SEEDS[0]))
-    assert no_truth.returncode == 2 and f"SEMI_ORACLE=1: {site}/stage_2_test_truth.csv is missing" in no_truth.stderr
-    assert not (tmp_path / "semi").exists()
+    # the oracle trains on the test split's labels, so only a holdout can score it: refused before anything runs
+    for extra in ({"RAW": str(site)}, {"SEMI_HOLDOUT_SERIES": "0"}):
+        no_holdout = run_semi(semi_env(tmp_path / "semi", SEMI_SEEDS=SEEDS[0], **extra))
+        assert no_holdout.returncode == 2 and "SEMI_ORACLE=1 needs a holdout cohort" in no_holdout.stderr, extra
+        assert not (tmp_path / "semi").exists()
     proc = run_semi(semi_env(tmp_path / "semi", RAW=str(site), SEMI_SEEDS=SEEDS[0], SEMI_ORACLE="0", BENCH_NO_FAIL="1"))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert f"cohort {site} + prepare" in proc.stdout and "on the val split" in proc.stdout
