@@ -1,8 +1,8 @@
 """Smoke runs of bench/semi.sh: every step of the bench (cohorts, prepare, labelled subset, teacher,
 each arm's stage 2, pseudo-labels of the cohort and of its pool cohort, student, scoring on the test
 split and on a holdout cohort, the oracle arm, the summary over seeds) on a tiny cohort with two
-training steps per run. Two seeds, so the mean ± sd lines are exercised; the target cannot be met in two steps, so the
-bench must exit 1, and 0 with BENCH_NO_FAIL=1."""
+training steps per run. Two seeds, so the mean ± sd lines are exercised; the target cannot be met
+in two steps, so the bench must exit 1, and 0 with BENCH_NO_FAIL=1."""
 
 import os
 import re

@@ -1,8 +1,8 @@
 """``python -m medseg.semi.pseudo_label``: a teacher's predictions on unlabelled series → a meta table.
 
-The teacher (``--model`` checkpoint + ``--config``, run through the engine's ``predict_dataset``, or an
-existing table via ``--predictions``: an ensemble's predictions CSVs or Kaggle submissions, one or
-several files, or the true labels for a ceiling, as ``bench/semi.sh``'s oracle) predicts every slice of the
+The teacher (``--model`` checkpoint + ``--config``, run through the engine's ``predict_dataset``, or
+existing tables via ``--predictions``: an ensemble's predictions CSVs or Kaggle submissions, one or
+several files, or the true labels, as ``bench/semi.sh``'s oracle uses it) predicts every slice of the
 given tags (``test``, or any prepared tag such as a hidden part of the training set). A
 checkpoint's ``calibration.json`` (:mod:`medseg.outputs.calibrate`, fitted on validation) is
 applied first, as ``infer.py`` applies it: an over- or under-confident teacher otherwise teaches
