@@ -171,12 +171,13 @@ score() {  # seed-dir split name dataset-root arms: each arm's whole model predi
   done
 }
 
-truth_labels() {  # seed-dir name dataset-root exclude truth-tables...: the rows of <dataset-root>/semi_pseudo_meta.csv with their true labels -> semi_oracle_meta.csv
+truth_labels() {  # seed-dir name dataset-root exclude truth-tables...: the rows of <dataset-root>/semi_pseudo_meta.csv with their true labels -> semi_oracle_meta.csv, copied to <seed-dir>/<name>_oracle_meta.csv
   local dir=$1 name=$2 root=$3 exclude=$4; shift 4
   # shellcheck disable=SC2086  # the exclude list is a word list
   "$PYTHON" -m medseg.semi.pseudo_label --config "$OUT/head.yml" --predictions "$@" --dataset_root "$root" \
       --split semi_pseudo --out "$root/semi_oracle_meta.csv" --exclude $exclude > "$dir/${name}_oracle_labels.log" 2>&1 \
       || { tail -20 "$dir/${name}_oracle_labels.log"; exit 1; }
+  cp "$root/semi_oracle_meta.csv" "$dir/${name}_oracle_meta.csv"
 }
 
 for SEED in $SEEDS; do
@@ -233,10 +234,8 @@ for SEED in $SEEDS; do
     # the same rows as the pseudo tables (a series a confidence filter dropped stays out; a slice it
     # emptied gets its label); train_meta.csv still holds the hidden series' labels, the test truth
     # is the generator's
-    truth_labels "$dir" cohort "$DATA" "train_labelled val" "$DATA/train_meta.csv" "$raw/stage_2_test_truth.csv"
+    truth_labels "$dir" semi "$DATA" "train_labelled val" "$DATA/train_meta.csv" "$raw/stage_2_test_truth.csv"
     [ "$POOL_SERIES" -eq 0 ] || truth_labels "$dir" pool "$POOL" val "$OUT/pool_raw_$SEED/stage_2_test_truth.csv"
-    cp "$DATA/semi_oracle_meta.csv" "$dir/"
-    [ "$POOL_SERIES" -eq 0 ] || cp "$POOL/semi_oracle_meta.csv" "$dir/pool_oracle_meta.csv"
     train "$dir" oracle "${student_config%.yml}_oracle.yml" "$TEACHER_ITERS" ${ratios:+-o "train_dataset.ratios=$ratios"}
     whole "$dir" oracle "$dir/oracle/iter_$TEACHER_ITERS"
   fi

@@ -60,10 +60,11 @@ def score_split(seed_dir: str, split: str, truth_path: str) -> dict[str, float]:
     truth, _ = read_table(truth_path)
     labels = [f"t_{name}" for name in LABELS]
     out: dict[str, float] = {}
-    for arm in (*ARMS, ORACLE):  # teacher and student or no verdict: a missing file must not read as "all targets met"
+    # the oracle trained on the test split's labels: scored on the holdout only, where it may be
+    # missing (checked across seeds by oracle_columns())
+    oracle = os.path.isfile(os.path.join(seed_dir, f"{ORACLE}_{split}.csv")) and split == "holdout"
+    for arm in (*ARMS, ORACLE) if oracle else ARMS:  # teacher and student or no verdict: a missing file must not read as "all targets met"
         pred_path = os.path.join(seed_dir, f"{arm}_{split}.csv")
-        if arm == ORACLE and not os.path.isfile(pred_path):
-            continue  # checked across seeds by oracle_columns()
         if not os.path.isfile(pred_path):
             raise FileNotFoundError(f"{pred_path}: the {arm}'s predictions are missing (did bench/semi.sh finish this seed?)")
         frame = align(read_table(pred_path)[0], truth, pred_path, truth_path)
