@@ -42,6 +42,12 @@
 # RAW=DIR or SEMI_HOLDOUT_SERIES=0); never read by the targets; it prints oracle / teacher, what
 # perfect pseudo-labels would give (the usual ceiling, itself one training run), and the share of
 # that gain the student took; about 12 minutes more per seed),
+# SEMI_RUNS (1; k: every arm trained k times per seed, run r with training seed S + 1000 r, each
+# run a whole bench run of its own (its teacher writes its student's pseudo-labels) in
+# seed_S/run_r, on the seed's cohort, split, labelled subset and side cohorts; a seed's score per
+# arm is the mean over its runs, which shrinks the training-noise part of a seed's ratio (one run
+# of the teacher re-seeded moves its holdout score by 2-7 %: docs/tuning_notes.md, "The
+# instrument's floor"); k times the training time),
 # SEMI_FRACTION, TEACHER_ITERS (1500, the student's too), HEAD_ITERS (150), SEMI_TEMPERATURE
 # (pseudo-label sharpening after the calibration, default 1: none), SEMI_CALIBRATE (default 1:
 # every whole model gets per-class temperatures fitted on the validation split after training, as
@@ -77,6 +83,8 @@ POOL_SERIES=${SEMI_POOL_SERIES:-0}
 POOL=$OUT/pool_prepared        # rebuilt for each seed
 ORACLE=${SEMI_ORACLE:-0}
 case $ORACLE in 0|1) ;; *) echo "SEMI_ORACLE=$ORACLE: expected 0 or 1" >&2; exit 2 ;; esac
+RUNS=${SEMI_RUNS:-1}
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "SEMI_RUNS=$RUNS: expected a positive number of training runs per seed" >&2; exit 2; }
 ARMS="teacher student"
 [ "$ORACLE" = 0 ] || ARMS="$ARMS oracle"
 [ -z "$RAW" ] || [ -d "$RAW" ] || { echo "RAW=$RAW: not a directory (expected the Kaggle layout)" >&2; exit 2; }
@@ -134,7 +142,7 @@ train() {  # seed-dir name config iters extra-args...: train.py on $PROCS proces
   local dir=$1 name=$2 config=$3 iters=$4; shift 4
   local launch=()
   [ "$PROCS" -gt 1 ] && launch=(-m paddle.distributed.launch --nproc_per_node "$PROCS" --log_dir "$dir/logs/$name")
-  "$PYTHON" "${launch[@]}" train.py --config "$config" --iters "$iters" --seed "$SEED" --save_dir "$dir/$name" \
+  "$PYTHON" "${launch[@]}" train.py --config "$config" --iters "$iters" --seed "$TRAIN_SEED" --save_dir "$dir/$name" \
     --save_interval "$iters" --log_iters 100 --overwrite_save_dir ${SEMI_TRAIN_FLAGS:-} "$@" > "$dir/$name.log" 2>&1 \
     || { tail -20 "$dir/$name.log"; exit 1; }
 }
@@ -180,6 +188,61 @@ truth_labels() {  # seed-dir name dataset-root exclude truth-tables...: the rows
   cp "$root/semi_oracle_meta.csv" "$dir/${name}_oracle_meta.csv"
 }
 
+one_run() {  # run-dir tag: one run of every arm on the prepared cohort (the teacher, its pseudo-labels, the student, the oracle), scored
+  local dir=$1 tag=$2 teacher student_config ratios split truth
+  echo "== $tag, 3/6 teacher: $TEACHER_ITERS encoder iterations, then $HEAD_ITERS of stage 2, on train_labelled"
+  train "$dir" teacher "$OUT/teacher.yml" "$TEACHER_ITERS"
+  whole "$dir" teacher "$dir/teacher/iter_$TEACHER_ITERS"
+  teacher=$dir/teacher_head/iter_$HEAD_ITERS
+
+  echo "== $tag, 4/6 pseudo-labels of the teacher's whole model: train_unlabelled + test -> $DATA/semi_pseudo_meta.csv"
+  "$PYTHON" -m medseg.semi.pseudo_label --config "$OUT/head.yml" --model "$teacher" \
+      --split train_unlabelled test --out "$DATA/semi_pseudo_meta.csv" --exclude train_labelled val \
+      --temperature "${SEMI_TEMPERATURE:-1}" ${SEMI_PSEUDO_FLAGS:-} 2> "$dir/pseudo_label.log"
+  cp "$DATA/semi_pseudo_meta.csv" "$dir/"  # for the summary: pseudo-labels vs hidden truth
+
+  student_config=$OUT/student.yml ratios=${SEMI_RATIOS:-}
+  if [ "$POOL_SERIES" -gt 0 ]; then
+    echo "== $tag, 4/6 the pool's test series pseudo-labelled too"
+    "$PYTHON" -m medseg.semi.pseudo_label --config "$OUT/head.yml" --model "$teacher" --dataset_root "$POOL" \
+        --split test --out "$POOL/semi_pseudo_meta.csv" --exclude val \
+        --temperature "${SEMI_TEMPERATURE:-1}" ${SEMI_PSEUDO_FLAGS:-} 2> "$dir/pool_pseudo_label.log" \
+        || { tail -20 "$dir/pool_pseudo_label.log"; exit 1; }
+    cp "$POOL/semi_pseudo_meta.csv" "$dir/pool_pseudo_meta.csv"
+    # labelled : pseudo-labelled as configured (or SEMI_RATIOS); the pseudo share split between the
+    # cohort's and the pool's series in proportion to their counts
+    ratios=$("$PYTHON" -m bench.semi_pool_ratios --config "$OUT/student.yml" ${SEMI_RATIOS:+--ratios "$SEMI_RATIOS"} \
+        --pseudo "$DATA/semi_pseudo_meta.csv" "$POOL/semi_pseudo_meta.csv")
+    student_config=$OUT/student_pool.yml
+  fi
+
+  echo "== $tag, 5/6 student: the teacher's run ($TEACHER_ITERS iterations from scratch) on train_labelled + semi_pseudo${ratios:+, shares $ratios}, then stage 2"
+  train "$dir" student "$student_config" "$TEACHER_ITERS" ${ratios:+-o "train_dataset.ratios=$ratios"}
+  whole "$dir" student "$dir/student/iter_$TEACHER_ITERS"
+
+  if [ "$ORACLE" = 1 ]; then
+    echo "== $tag, 5/6 oracle: the student's run with the true labels of the same series -> semi_oracle_meta.csv"
+    # the same rows as the pseudo tables (a series a confidence filter dropped stays out; a slice it
+    # emptied gets its label); train_meta.csv still holds the hidden series' labels, the test truth
+    # is the generator's
+    truth_labels "$dir" semi "$DATA" "train_labelled val" "$DATA/train_meta.csv" "$raw/stage_2_test_truth.csv"
+    [ "$POOL_SERIES" -eq 0 ] || truth_labels "$dir" pool "$POOL" val "$OUT/pool_raw_$SEED/stage_2_test_truth.csv"
+    train "$dir" oracle "${student_config%.yml}_oracle.yml" "$TEACHER_ITERS" ${ratios:+-o "train_dataset.ratios=$ratios"}
+    whole "$dir" oracle "$dir/oracle/iter_$TEACHER_ITERS"
+  fi
+
+  split=test truth=$raw/stage_2_test_truth.csv
+  [ -f "$truth" ] || { split=val truth=$DATA/val_meta.csv; }
+  echo "== $tag, 6/6 the whole models on the $split split (truth: $truth)"
+  score "$dir" "$split" "$split" "$DATA" "teacher student"  # not the oracle: it trained on these labels
+  echo "$split $truth" > "$dir/scored_on"  # one line per scored split: name, truth table
+  if [ "$HOLDOUT_SERIES" -gt 0 ]; then
+    echo "== $tag, 6/6 the whole models on its holdout cohort"
+    score "$dir" test holdout "$HOLDOUT" "$ARMS"
+    echo "holdout $held/stage_2_test_truth.csv" >> "$dir/scored_on"
+  fi
+}
+
 for SEED in $SEEDS; do
   dir=$OUT/seed_$SEED
   rm -rf "$DATA" "$dir"  # nothing stale from an earlier run
@@ -197,61 +260,18 @@ for SEED in $SEEDS; do
   echo "== seed $SEED, 2/6 labelled subset: ${SEMI_FRACTION:-0.3} of the training patients keep their labels"
   "$PYTHON" -m medseg.semi.subset --dataset_root "$DATA" --fraction "${SEMI_FRACTION:-0.3}" --seed "$SEED" \
       --labelled_tag train_labelled --unlabelled_tag train_unlabelled
+  cp "$DATA/train_meta.csv" "$dir/"  # for the summary: pseudo-labels vs hidden truth
+  # the side cohorts depend on the seed only: made once, shared by its runs
+  [ "$POOL_SERIES" -eq 0 ] || side_cohort "$dir" pool "$POOL_SERIES" "$OUT/pool_raw_$SEED" "$POOL"
+  held=$OUT/holdout_raw_$SEED
+  [ "$HOLDOUT_SERIES" -eq 0 ] || side_cohort "$dir" holdout "$HOLDOUT_SERIES" "$held" "$HOLDOUT"
 
-  echo "== seed $SEED, 3/6 teacher: $TEACHER_ITERS encoder iterations, then $HEAD_ITERS of stage 2, on train_labelled"
-  train "$dir" teacher "$OUT/teacher.yml" "$TEACHER_ITERS"
-  whole "$dir" teacher "$dir/teacher/iter_$TEACHER_ITERS"
-  teacher=$dir/teacher_head/iter_$HEAD_ITERS
-
-  echo "== seed $SEED, 4/6 pseudo-labels of the teacher's whole model: train_unlabelled + test -> $DATA/semi_pseudo_meta.csv"
-  "$PYTHON" -m medseg.semi.pseudo_label --config "$OUT/head.yml" --model "$teacher" \
-      --split train_unlabelled test --out "$DATA/semi_pseudo_meta.csv" --exclude train_labelled val \
-      --temperature "${SEMI_TEMPERATURE:-1}" ${SEMI_PSEUDO_FLAGS:-} 2> "$dir/pseudo_label.log"
-  cp "$DATA/semi_pseudo_meta.csv" "$DATA/train_meta.csv" "$dir/"  # for the summary: pseudo-labels vs hidden truth
-
-  student_config=$OUT/student.yml ratios=${SEMI_RATIOS:-}
-  if [ "$POOL_SERIES" -gt 0 ]; then
-    echo "== seed $SEED, 4/6 a pool of unlabelled series: its test series pseudo-labelled too"
-    side_cohort "$dir" pool "$POOL_SERIES" "$OUT/pool_raw_$SEED" "$POOL"
-    "$PYTHON" -m medseg.semi.pseudo_label --config "$OUT/head.yml" --model "$teacher" --dataset_root "$POOL" \
-        --split test --out "$POOL/semi_pseudo_meta.csv" --exclude val \
-        --temperature "${SEMI_TEMPERATURE:-1}" ${SEMI_PSEUDO_FLAGS:-} 2> "$dir/pool_pseudo_label.log" \
-        || { tail -20 "$dir/pool_pseudo_label.log"; exit 1; }
-    cp "$POOL/semi_pseudo_meta.csv" "$dir/pool_pseudo_meta.csv"
-    # labelled : pseudo-labelled as configured (or SEMI_RATIOS); the pseudo share split between the
-    # cohort's and the pool's series in proportion to their counts
-    ratios=$("$PYTHON" -m bench.semi_pool_ratios --config "$OUT/student.yml" ${SEMI_RATIOS:+--ratios "$SEMI_RATIOS"} \
-        --pseudo "$DATA/semi_pseudo_meta.csv" "$POOL/semi_pseudo_meta.csv")
-    student_config=$OUT/student_pool.yml
-  fi
-
-  echo "== seed $SEED, 5/6 student: the teacher's run ($TEACHER_ITERS iterations from scratch) on train_labelled + semi_pseudo${ratios:+, shares $ratios}, then stage 2"
-  train "$dir" student "$student_config" "$TEACHER_ITERS" ${ratios:+-o "train_dataset.ratios=$ratios"}
-  whole "$dir" student "$dir/student/iter_$TEACHER_ITERS"
-
-  if [ "$ORACLE" = 1 ]; then
-    echo "== seed $SEED, 5/6 oracle: the student's run with the true labels of the same series -> semi_oracle_meta.csv"
-    # the same rows as the pseudo tables (a series a confidence filter dropped stays out; a slice it
-    # emptied gets its label); train_meta.csv still holds the hidden series' labels, the test truth
-    # is the generator's
-    truth_labels "$dir" semi "$DATA" "train_labelled val" "$DATA/train_meta.csv" "$raw/stage_2_test_truth.csv"
-    [ "$POOL_SERIES" -eq 0 ] || truth_labels "$dir" pool "$POOL" val "$OUT/pool_raw_$SEED/stage_2_test_truth.csv"
-    train "$dir" oracle "${student_config%.yml}_oracle.yml" "$TEACHER_ITERS" ${ratios:+-o "train_dataset.ratios=$ratios"}
-    whole "$dir" oracle "$dir/oracle/iter_$TEACHER_ITERS"
-  fi
-
-  split=test truth=$raw/stage_2_test_truth.csv
-  [ -f "$truth" ] || { split=val truth=$DATA/val_meta.csv; }
-  echo "== seed $SEED, 6/6 the whole models on the $split split (truth: $truth)"
-  score "$dir" "$split" "$split" "$DATA" "teacher student"  # not the oracle: it trained on these labels
-  echo "$split $truth" > "$dir/scored_on"  # one line per scored split: name, truth table
-  if [ "$HOLDOUT_SERIES" -gt 0 ]; then
-    held=$OUT/holdout_raw_$SEED
-    echo "== seed $SEED, 6/6 the whole models on its holdout cohort"
-    side_cohort "$dir" holdout "$HOLDOUT_SERIES" "$held" "$HOLDOUT"
-    score "$dir" test holdout "$HOLDOUT" "$ARMS"
-    echo "holdout $held/stage_2_test_truth.csv" >> "$dir/scored_on"
-  fi
+  for ((run = 0; run < RUNS; run++)); do
+    # run r trains every arm with seed S + 1000 r (run 0: S itself, the single-run protocol) in its own folder
+    TRAIN_SEED=$((SEED + 1000 * run)) rdir=$dir tag="seed $SEED"
+    if [ "$RUNS" -gt 1 ]; then rdir=$dir/run_$run tag="seed $SEED run $run (training seed $TRAIN_SEED)"; mkdir -p "$rdir"; fi
+    one_run "$rdir" "$tag"
+  done
 done
 
 echo "== summary over seeds: $SEEDS ($(( $(date +%s) - START )) s)"

@@ -3,7 +3,7 @@
 Run from the repository root as ``python -m bench.semi_summary --out DIR --seeds S...`` (what
 ``bench/semi.sh`` does).
 
-Reads ``<out>/seed_<S>/`` as the bench left it (``<arm>_<split>.csv`` predictions, ``scored_on``
+Reads ``<out>/seed_<S>/`` (or its runs, below) as the bench left it (``<arm>_<split>.csv`` predictions, ``scored_on``
 with one ``<split> <truth table>`` line per scored split, the pseudo-label table and the training
 truth) and prints one table per scored split. Targets, on the mean over seeds of the holdout
 cohort's ratio (the first scored split's when no seed has a holdout): student / teacher <= 0.95
@@ -18,6 +18,11 @@ the same series): on the holdout (the oracle trained on the test split's true la
 scored there only) its column, oracle / teacher (what perfect pseudo-labels would give: the usual
 ceiling of pseudo-labelling, itself one training run) and the share of that gain the pseudo-labels
 took, ``(teacher - student) / (teacher - oracle)``, are printed too; the targets do not read them.
+
+With ``SEMI_RUNS=k`` > 1 each seed holds ``run_0`` .. ``run_<k-1>`` (every arm trained once per run,
+run r with training seed S + 1000 r): a seed's score per arm is the mean over its runs, its ratio
+that of those means, and each run's ratio is printed under the table. Every seed must have the same
+number of runs, each scored on the same splits and arms (else exit 2).
 """
 
 from __future__ import annotations
@@ -73,21 +78,41 @@ def score_split(seed_dir: str, split: str, truth_path: str) -> dict[str, float]:
     return out
 
 
-def pseudo_quality(seed_dir: str) -> float:
-    """Weighted log loss of the teacher's pseudo-labels of the hidden training series against their labels."""
-    hidden_truth = pd.read_csv(os.path.join(seed_dir, "train_meta.csv"), dtype={"slice_id": str}).set_index("slice_id")
-    pseudo = pd.read_csv(os.path.join(seed_dir, "semi_pseudo_meta.csv"), dtype={"slice_id": str}).set_index("slice_id")
+def pseudo_quality(truth_dir: str, run_dir: str) -> float:
+    """Weighted log loss of a run's pseudo-labels of the hidden training series against their labels."""
+    hidden_truth = pd.read_csv(os.path.join(truth_dir, "train_meta.csv"), dtype={"slice_id": str}).set_index("slice_id")
+    pseudo = pd.read_csv(os.path.join(run_dir, "semi_pseudo_meta.csv"), dtype={"slice_id": str}).set_index("slice_id")
     hidden = pseudo.index.intersection(hidden_truth.index)
     kept = np.isfinite(pseudo.loc[hidden, list(LABELS)].to_numpy()).all(axis=1)
     return weighted_log_loss(hidden_truth.loc[hidden[kept], list(LABELS)].to_numpy(),
                              pseudo.loc[hidden[kept], list(LABELS)].to_numpy())
 
 
-def score_seed(seed_dir: str) -> dict[str, dict[str, float]]:
-    """Per scored split: prior, pseudo-label quality, each arm's score."""
-    splits = scored_splits(seed_dir)
-    quality = pseudo_quality(seed_dir)
-    return {split: {**score_split(seed_dir, split, truth), "pseudo_vs_hidden": quality} for split, truth in splits}
+def run_dirs(seed_dir: str) -> list[str]:
+    """A seed's runs: its ``run_<r>`` folders in order (``SEMI_RUNS`` > 1), else the seed's folder itself."""
+    runs = sorted((int(name[4:]), name) for name in (os.listdir(seed_dir) if os.path.isdir(seed_dir) else ())
+                  if name.startswith("run_") and name[4:].isdigit())
+    if [r for r, _ in runs] != list(range(len(runs))):
+        raise ValueError(f"{seed_dir}: runs {[name for _, name in runs]} are not run_0 .. run_{len(runs) - 1}")
+    return [os.path.join(seed_dir, name) for _, name in runs] or [seed_dir]
+
+
+def score_run(seed_dir: str, run_dir: str) -> dict[str, dict[str, float]]:
+    """Per scored split of one run: prior, pseudo-label quality, each arm's score."""
+    quality = pseudo_quality(seed_dir, run_dir)
+    return {split: {**score_split(run_dir, split, truth), "pseudo_vs_hidden": quality}
+            for split, truth in scored_splits(run_dir)}
+
+
+def score_seed(seed_dir: str) -> tuple[dict[str, dict[str, float]], list[dict[str, dict[str, float]]]]:
+    """The seed's scores (each the mean over its runs) and each run's; its runs must have been scored alike."""
+    dirs = run_dirs(seed_dir)
+    runs = [score_run(seed_dir, d) for d in dirs]
+    shapes = {os.path.basename(d): {split: sorted(r) for split, r in run.items()} for d, run in zip(dirs, runs)}
+    if len({str(shape) for shape in shapes.values()}) > 1:
+        raise ValueError(f"{seed_dir}: its runs were scored on different splits or arms ({shapes}); rerun the seed")
+    mean = {split: {key: float(np.mean([run[split][key] for run in runs])) for key in r} for split, r in runs[0].items()}
+    return mean, runs
 
 
 def target_split(rows: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -153,6 +178,17 @@ def print_table(split: str, rows: dict[str, dict[str, float]], columns: list[str
     return stats[ratio]
 
 
+def print_runs(split: str, runs: dict[str, list[dict[str, float]]]) -> None:
+    """Each run's student / teacher on one split, per seed, and their mean ± sd: the training noise
+    that averaging the runs shrinks."""
+    a, b = RATIO
+    print(f"the runs' {a}/{b} on the {split} split, per seed (the table's ratio is of the runs' mean scores)")
+    for seed, per_run in runs.items():
+        values = [r[a] / r[b] for r in per_run]
+        mean, sd = mean_sd(values)
+        print(f"{seed:>6} runs " + " ".join(f"{v:.5f}" for v in values) + f" mean {mean:.5f} sd {sd:.5f}")
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     """Mean and sample sd (ddof 1; 0 for a single seed)."""
     arr = np.asarray(values, dtype=np.float64)
@@ -166,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no_fail", action="store_true", default=no_fail_default())
     args = p.parse_args(argv)
     try:
-        rows = {seed: score_seed(os.path.join(args.out, f"seed_{seed}")) for seed in args.seeds}
+        scored = {seed: score_seed(os.path.join(args.out, f"seed_{seed}")) for seed in args.seeds}
+        rows = {seed: mean for seed, (mean, _) in scored.items()}
+        runs = {seed: per_run for seed, (_, per_run) in scored.items()}
+        counts = {seed: len(per_run) for seed, per_run in runs.items()}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"the seeds have different numbers of runs ({counts}); rerun them with one SEMI_RUNS")
         target = target_split(rows)
         oracle = oracle_columns(rows)
     except (FileNotFoundError, ValueError) as err:
@@ -175,8 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["prior", "pseudo_vs_hidden", *ARMS]
     ratio = "/".join(RATIO)
     splits = [split for split in next(iter(rows.values())) if all(split in r for r in rows.values())]
-    ratios = {split: print_table(split, {seed: r[split] for seed, r in rows.items()},
-                                 columns + (oracle if split == "holdout" else []), ratio) for split in splits}
+    n_runs = len(next(iter(runs.values())))
+    if n_runs > 1:
+        print(f"each seed's scores are the mean over its {n_runs} runs (training seeds S + 1000 r, r = 0 .. {n_runs - 1})")
+    ratios = {}
+    for split in splits:
+        ratios[split] = print_table(split, {seed: r[split] for seed, r in rows.items()},
+                                    columns + (oracle if split == "holdout" else []), ratio)
+        if n_runs > 1:
+            print_runs(split, {seed: [run[split] for run in per_run] for seed, per_run in runs.items()})
     print(f"targets on the {target} split's {ratio}")
     checks = []
     mean, sd = ratios[target]

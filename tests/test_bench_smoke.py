@@ -5,6 +5,7 @@ training steps per run. Two seeds, so the mean ± sd lines are exercised; the ta
 in two steps, so the bench must exit 1, and 0 with BENCH_NO_FAIL=1."""
 
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -18,7 +19,9 @@ import yaml
 from bench.semi_pool_ratios import split_pseudo_share
 from medseg.constants import LABELS
 from medseg.data.cohort_seeds import holdout_seed, pool_seed
+from medseg.engine.metrics import weighted_log_loss
 from medseg.outputs.predictions import read_table
+from medseg.outputs.report import align
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = ("1", "2")  # dev seeds (medseg/data/cohort_seeds.py)
@@ -193,6 +196,64 @@ def test_semi_bench_takes_an_existing_cohort(semi_run, tmp_path):
     assert bad.returncode == 2 and "not a directory" in bad.stderr
     bad = run_semi(semi_env(tmp_path / "semi2", SEMI_ORACLE="yes"))
     assert bad.returncode == 2 and "SEMI_ORACLE=yes: expected 0 or 1" in bad.stderr
+
+
+@pytest.mark.slow
+def test_semi_bench_runs_every_arm_several_times_per_seed(tmp_path):
+    """SEMI_RUNS=2: per seed one cohort, split, labelled subset and holdout, and two runs of every arm
+    (training seeds S and S + 1000), each a whole bench run in its own folder; the seed's scores are
+    the mean over its runs and its ratio that of the means; a gap in the runs or seeds with different
+    numbers of runs are refused."""
+    seed = SEEDS[0]
+    out = tmp_path / "semi"
+    proc = run_semi(semi_env(out, SEMI_SEEDS=seed, SEMI_RUNS="2", SEMI_POOL_SERIES="0", BENCH_NO_FAIL="1"))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert proc.stdout.count(f"holdout cohort {out}/holdout_raw_{seed}: generator seed") == 1, proc.stdout  # the seed's, made once
+    seed_dir = out / f"seed_{seed}"
+    assert sorted(p.name for p in seed_dir.glob("run_*")) == ["run_0", "run_1"]
+    assert not (seed_dir / "teacher").exists()  # every model is a run's
+    holdout_truth, _ = read_table(str(out / f"holdout_raw_{seed}" / "stage_2_test_truth.csv"))
+    scores = {}
+    for run in (0, 1):
+        run_dir = seed_dir / f"run_{run}"
+        assert f"seed {seed} run {run} (training seed {int(seed) + 1000 * run}), 5/6 student" in proc.stdout
+        for who in ("teacher", "student", "oracle"):
+            with open(run_dir / who / "iter_2" / "train_state.pkl", "rb") as fh:
+                assert pickle.load(fh)["seed"] == int(seed) + 1000 * run, (run, who)
+            frame = align(read_table(str(run_dir / f"{who}_holdout.csv"))[0], holdout_truth, who, "truth")
+            scores[run, who] = weighted_log_loss(frame[[f"t_{n}" for n in LABELS]].to_numpy(),
+                                                 frame[[f"p_{n}" for n in LABELS]].to_numpy())
+        # each run pseudo-labels with its own teacher, and its oracle reads the same rows' true labels
+        assert (run_dir / "semi_pseudo_meta.csv").is_file() and (run_dir / "semi_oracle_meta.csv").is_file()
+    assert (seed_dir / "run_0" / "teacher_holdout.csv").read_bytes() != (seed_dir / "run_1" / "teacher_holdout.csv").read_bytes()
+    tables = summary_tables(proc.stdout)
+    header, rows = next(v for k, v in tables.items() if "holdout" in k)
+    assert "each seed's scores are the mean over its 2 runs" in proc.stdout
+    for who in ("teacher", "student", "oracle"):
+        assert rows[seed][header.index(who)] == pytest.approx((scores[0, who] + scores[1, who]) / 2, abs=2e-5), who
+    assert rows[seed][header.index("student/teacher")] == pytest.approx(
+        (scores[0, "student"] + scores[1, "student"]) / (scores[0, "teacher"] + scores[1, "teacher"]), rel=1e-3)
+    runs = re.search(rf"on the holdout split, per seed.*\n\s*{seed} runs ([0-9.]+) ([0-9.]+) mean", proc.stdout)
+    for run, value in zip((0, 1), runs.groups()):
+        assert float(value) == pytest.approx(scores[run, "student"] / scores[run, "teacher"], abs=2e-5)
+
+    def summary(*seeds, where=out):
+        return subprocess.run([sys.executable, "-m", "bench.semi_summary", "--out", str(where), "--seeds", *seeds],
+                              cwd=ROOT, env=dict(os.environ, BENCH_NO_FAIL="1"), capture_output=True, text=True)
+
+    # a gap in the runs, and seeds with different numbers of runs: no verdict
+    shutil.copytree(seed_dir, tmp_path / "gap" / f"seed_{seed}")
+    (tmp_path / "gap" / f"seed_{seed}" / "run_1").rename(tmp_path / "gap" / f"seed_{seed}" / "run_2")
+    proc = summary(seed, where=tmp_path / "gap")
+    assert proc.returncode == 2 and "are not run_0 .. run_1" in proc.stderr, proc.stderr
+    shutil.copytree(seed_dir, tmp_path / "mixed" / f"seed_{seed}")
+    shutil.copytree(seed_dir / "run_0", tmp_path / "mixed" / "seed_9")
+    shutil.copy(seed_dir / "train_meta.csv", tmp_path / "mixed" / "seed_9")
+    proc = summary(seed, "9", where=tmp_path / "mixed")
+    assert proc.returncode == 2 and "different numbers of runs" in proc.stderr, proc.stderr
+    bad = run_semi(semi_env(tmp_path / "semi2", SEMI_RUNS="0"))
+    assert bad.returncode == 2 and "SEMI_RUNS=0: expected a positive number" in bad.stderr
 
 
 def test_demo_refuses_a_missing_raw_folder(tmp_path):
