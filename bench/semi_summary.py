@@ -3,15 +3,15 @@
 Run from the repository root as ``python -m bench.semi_summary --out DIR --seeds S...`` (what
 ``bench/semi.sh`` does).
 
-Reads ``<out>/seed_<S>/`` (or its runs, below) as the bench left it (``<arm>_<split>.csv`` predictions, ``scored_on``
-with one ``<split> <truth table>`` line per scored split, the pseudo-label table and the training
-truth) and prints one table per scored split. Targets, on the mean over seeds of the holdout
-cohort's ratio (the first scored split's when no seed has a holdout): student / teacher <= 0.95
-and student / control < 1, where the control (the student's run without the pseudo-labelled
-source) is the teacher's run itself, so both targets read the one ratio; each is said to be met or
-missed by a margin beyond the spread or within it (the gap between the mean ratio and its bound,
-either way, larger than the ratio's sd over seeds or not). Exits 1 when a target is missed, 0 with
-``--no_fail`` or ``BENCH_NO_FAIL=1``; 2 when a seed's scores are missing.
+Reads ``<out>/seed_<S>/`` (or its runs, below) as the bench left it (``<arm>_<split>.csv``
+predictions, ``scored_on`` with one ``<split> <truth table>`` line per scored split, the
+pseudo-label table and the training truth) and prints one table per scored split. Targets, on the
+mean over seeds of the holdout cohort's ratio (the first scored split's when no seed has a holdout):
+student / teacher <= 0.95 and student / control < 1, where the control (the student's run without
+the pseudo-labelled source) is the teacher's run itself, so both targets read the one ratio; each is
+said to be met or missed by a margin beyond the spread or within it (the gap between the mean ratio
+and its bound, either way, larger than the ratio's sd over seeds or not). Exits 1 when a target is
+missed, 0 with ``--no_fail`` or ``BENCH_NO_FAIL=1``; 2 when a seed's scores are missing.
 
 With ``SEMI_ORACLE=1`` the bench also trains the oracle (the student's run with the true labels of
 the same series): on the holdout (the oracle trained on the test split's true labels, so it is
