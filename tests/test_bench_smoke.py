@@ -203,12 +203,12 @@ def test_semi_bench_runs_every_arm_several_times_per_seed(tmp_path):
     """SEMI_RUNS=2: per seed one cohort, split, labelled subset and holdout, and two runs of every arm
     (training seeds S and S + 1000), each a whole bench run in its own folder; the seed's scores are
     the mean over its runs and its ratio that of the means; a gap in the runs or seeds with different
-    numbers of runs are refused. Without the pool, the oracle and calibration (the smoke run above
-    covers them; each costs processes per run)."""
+    numbers of runs are refused. Without the pool and calibration (the smoke run above covers them;
+    each costs processes per run)."""
     seed = SEEDS[0]
     out = tmp_path / "semi"
-    proc = run_semi(semi_env(out, SEMI_SEEDS=seed, SEMI_RUNS="2", SEMI_POOL_SERIES="0", SEMI_ORACLE="0",
-                             SEMI_CALIBRATE="0", BENCH_NO_FAIL="1"))
+    proc = run_semi(semi_env(out, SEMI_SEEDS=seed, SEMI_RUNS="2", SEMI_POOL_SERIES="0", SEMI_CALIBRATE="0",
+                             BENCH_NO_FAIL="1"))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert proc.stdout.count(f"holdout cohort {out}/holdout_raw_{seed}: generator seed") == 1, proc.stdout  # the seed's, made once
@@ -220,19 +220,20 @@ def test_semi_bench_runs_every_arm_several_times_per_seed(tmp_path):
     for run in (0, 1):
         run_dir = seed_dir / f"run_{run}"
         assert f"seed {seed} run {run} (training seed {int(seed) + 1000 * run}), 5/6 student" in proc.stdout
-        for who in ("teacher", "student"):
+        for who in ("teacher", "student", "oracle"):
             with open(run_dir / who / "iter_2" / "train_state.pkl", "rb") as fh:
                 assert pickle.load(fh)["seed"] == int(seed) + 1000 * run, (run, who)
             frame = align(read_table(str(run_dir / f"{who}_holdout.csv"))[0], holdout_truth, who, "truth")
             scores[run, who] = weighted_log_loss(frame[[f"t_{n}" for n in LABELS]].to_numpy(),
                                                  frame[[f"p_{n}" for n in LABELS]].to_numpy())
-        assert (run_dir / "semi_pseudo_meta.csv").is_file()  # each run pseudo-labels with its own teacher
+        # each run pseudo-labels with its own teacher, and its oracle reads the same rows' true labels
+        assert (run_dir / "semi_pseudo_meta.csv").is_file() and (run_dir / "semi_oracle_meta.csv").is_file()
     assert (seed_dir / "run_0" / "teacher_holdout.csv").read_bytes() != (seed_dir / "run_1" / "teacher_holdout.csv").read_bytes()
     assert (seed_dir / "run_0" / "semi_pseudo_meta.csv").read_bytes() != (seed_dir / "run_1" / "semi_pseudo_meta.csv").read_bytes()
     tables = summary_tables(proc.stdout)
     header, rows = next(v for k, v in tables.items() if "holdout" in k)
     assert "each seed's scores are the mean over its 2 runs" in proc.stdout
-    for who in ("teacher", "student"):
+    for who in ("teacher", "student", "oracle"):
         assert rows[seed][header.index(who)] == pytest.approx((scores[0, who] + scores[1, who]) / 2, abs=2e-5), who
     assert rows[seed][header.index("student/teacher")] == pytest.approx(
         (scores[0, "student"] + scores[1, "student"]) / (scores[0, "teacher"] + scores[1, "teacher"]), rel=1e-3)
