@@ -168,3 +168,64 @@ def test_uint8_batches_normalise_alike_on_host_and_device(monkeypatch):
     expected = (image.transpose(0, 1, 4, 2, 3) / np.float32(255) - norm[0][:, None, None]) / norm[1][:, None, None]
     np.testing.assert_allclose(host[mask], expected[mask], atol=1e-6)
     assert host.shape == (2, 3, 3, 20, 24) and not host[0, 2].any()
+
+
+def released(size=48):
+    return [RandomResizedCrop(size, (0.8, 1.2), sampler="released", interpolation="cubic"), HorizontalFlip(),
+            VerticalFlip(), RandomRotation(180, centre="released"), Normalize(MEAN, STD), ToCHW()]
+
+
+def test_bicubic_sampling_is_cv2_inter_cubic():
+    """grid_sample_bicubic equals cv2.warpAffine(INTER_CUBIC, zero border) within rounding; the
+    bilinear grid_sample does not."""
+    import cv2
+    import paddle
+    import paddle.nn.functional as F
+
+    from medseg.data.device_augment import grid_sample_bicubic
+    from medseg.data.transforms import pixel_to_unit
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (60, 50, 3), dtype=np.uint8), (0, 0), 1.5)
+    matrix = np.eye(3)
+    matrix[:2] = cv2.getRotationMatrix2D((20, 25), 37, 0.7)
+    out_hw = (40, 44)
+    expected = cv2.warpAffine(img, matrix[:2], out_hw[::-1], flags=cv2.INTER_CUBIC).astype(np.float32)
+    theta = (pixel_to_unit(img.shape[:2]) @ np.linalg.inv(matrix) @ np.linalg.inv(pixel_to_unit(out_hw)))[:2]
+    grid = F.affine_grid(paddle.to_tensor(theta[None].astype(np.float32)), [1, 3, *out_hw], align_corners=False)
+    x = paddle.to_tensor(img.transpose(2, 0, 1)[None].astype(np.float32))
+    cubic = grid_sample_bicubic(x, grid).clip(0, 255).numpy()[0].transpose(1, 2, 0)
+    linear = F.grid_sample(x, grid, align_corners=False).numpy()[0].transpose(1, 2, 0)
+    assert np.abs(cubic - expected).max() <= 1.0 and np.abs(cubic - expected).mean() < 0.3  # cv2: 1/32 px, uint8
+    assert np.abs(linear - expected).mean() > 3 * np.abs(cubic - expected).mean()
+    outside = (expected == 0).all(-1)  # beyond the image: zero, as cv2's constant border
+    assert outside.sum() > 100 and cubic[outside].max() < 0.5
+
+
+def test_released_cubic_on_the_device_matches_the_cpu(root):
+    """The released sampler with bicubic warps: the device draws the CPU's boxes and samples as
+    cv2.INTER_CUBIC (away from zeroed corners and black background, within a grey level where
+    bilinear sampling is not)."""
+    import cv2
+
+    cpu = RSNASeriesDataset(root, "train", released(), seed=5)
+    dev = RSNASeriesDataset(root, "train", released(), seed=5, augment_on_device=True)
+    for index in range(len(cpu)):
+        assert dev[(index, 1)]["interpolation"] == "cubic"
+        item = cpu[(index, 1)]
+        inner = np.stack([cv2.erode((s.max(-1) > 0).astype(np.uint8), np.ones((5, 5))) > 0 for s in item["image"]])
+        expected = model_image(item)
+        for interpolation, most in (("cubic", 0.01), ("linear", None)):
+            batch = collate_series([dev[(index, 1)]])
+            batch["interpolation"] = interpolation
+            got = to_model_input(batch)["image"].numpy()[0]
+            diff = np.abs(got - expected) * np.asarray(STD, np.float32)[:, None, None] * 255  # grey levels
+            off = np.mean(diff.transpose(0, 2, 3, 1)[inner] > 1)
+            if most is None:
+                assert off > 0.02, (index, off)  # bilinear would be told apart
+                continue
+            assert np.mean(diff) < 0.6 and np.mean(diff > 3) < 0.01, (index, np.mean(diff), np.mean(diff > 3))
+            assert off < most, (index, off)
+    linear = RSNASeriesDataset(root, "train", paper(), seed=5, augment_on_device=True)
+    with pytest.raises(ValueError, match="planned by different transforms"):
+        collate_series([dev[0], linear[1]])

@@ -11,6 +11,10 @@ Geometric transforms are affine; ``Compose`` fuses a run of them into one ``cv2.
 (one interpolation instead of one per transform, the loader's main cost) and zeroes what the
 sequential version would have lost at an intermediate canvas edge (e.g. the corners a rotation
 pulls in from outside the crop), so the result matches applying them one by one.
+
+The paper's released augmentation (easymia) is reproduced by ``RandomResizedCrop(sampler="released",
+interpolation="cubic")`` and ``RandomRotation(centre="released")``; the defaults keep this
+project's own variant (zoom-out for ``scale > 1``, bilinear, exact pixel centre).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -57,12 +61,21 @@ def contiguous_pixels(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image) if four is None else cv2.cvtColor(four, cv2.COLOR_BGRA2BGR)
 
 
-def _warp(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+
+def _warp(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int], interpolation: str = "linear") -> np.ndarray:
     """``cv2.warpAffine`` with zero padding; keeps a trailing channel axis of 1 that cv2 drops.
 
     A 3-channel uint8 image is warped as 4 channels: OpenCV vectorises the 4-channel bilinear
     warp and not the 3-channel one, so pad + warp + drop is ~45 % less CPU, bit for bit the same
-    (measured on 512² CT crops to 224 px). A crop from the cache already has 4-byte pixels."""
+    (measured on 512² CT crops to 224 px). A crop from the cache already has 4-byte pixels.
+    Bicubic is the other way round (448 × 406 to 224 px: 3 channels ~0.43 ms, 4 channels + drop
+    ~0.67 ms, the same bits), so a cubic warp takes the 3 channels."""
+    if interpolation != "linear":
+        out = cv2.warpAffine(contiguous_pixels(image), matrix, (out_hw[1], out_hw[0]),
+                             flags=INTERPOLATIONS[interpolation], borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return out[..., None] if out.ndim == 2 and image.ndim == 3 else out
     padded = image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
     source = image
     if padded:
@@ -106,6 +119,7 @@ class AffineTransform(Transform):
     input frame mapped onto itself (flips, resize), so no content is cut at its edge."""
 
     keeps_canvas = False
+    interpolation = "linear"  # a key of INTERPOLATIONS; a fused run is cubic if any member is
 
     @abc.abstractmethod
     def affine(self, params: Any, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
@@ -113,7 +127,12 @@ class AffineTransform(Transform):
 
     def apply(self, image: np.ndarray, params: Any) -> np.ndarray:
         matrix, out_hw = self.affine(params, image.shape[:2])
-        return _warp(image, matrix[:2], out_hw)
+        return _warp(image, matrix[:2], out_hw, self.interpolation)
+
+
+def run_interpolation(run: Sequence[AffineTransform]) -> str:
+    """The interpolation of one fused warp of ``run``: cubic when any transform asks for it."""
+    return "cubic" if any(t.interpolation == "cubic" for t in run) else "linear"
 
 
 _IDENTITY = np.eye(3)
@@ -142,26 +161,77 @@ class Resize(AffineTransform):
         return out[..., None] if out.ndim == 2 and image.ndim == 3 else out
 
 
+RELEASED_TRIES = 10  # the release's attempts before its centre-square fallback
+
+
+class ReleasedCrop(NamedTuple):
+    """The released sampler's box for one slice: half-open ``[y0, y0 + height) × [x0, x0 + width)``
+    in whole pixels; ``tries`` attempts were made (``fallback``: all failed, the box is the centre
+    square); ``swapped`` and ``aspect`` (w / h as drawn, before the swap) describe the accepted attempt."""
+
+    y0: int
+    x0: int
+    height: int
+    width: int
+    tries: int
+    fallback: bool
+    swapped: bool
+    aspect: float
+
+
 @TRANSFORMS.add_component
 class RandomResizedCrop(AffineTransform):
     """Crop a box of ``scale`` × the image area and aspect ``ratio``, resize it to ``size``.
 
-    Unlike torchvision, ``scale`` may exceed 1 (the paper uses [0.8, 1.2]): the box is then larger
-    than the image, which zooms out and pads with zeros. Done as one affine warp, so crop, pad
-    and resize cost one interpolation.
+    ``sampler="zoom"`` (default): unlike torchvision, ``scale`` may exceed 1 (the paper uses
+    [0.8, 1.2]): the box is then larger than the image, which zooms out and pads with zeros; the
+    aspect is log-uniform and the box is fractional. Done as one affine warp, so crop, pad and
+    resize cost one interpolation.
+
+    ``sampler="released"``: the released easymia sampler, which never zooms out. Up to 10 attempts
+    of area ``uniform(scale)`` × H·W and aspect ``uniform(ratio)`` (uniform, not log-uniform),
+    sides ``int(round(sqrt(area · aspect)))`` and ``int(round(sqrt(area / aspect)))``, swapped with
+    probability 1/2; the first box that fits gets a uniform integer offset (both ends inclusive);
+    if none fits, the centre square of side min(H, W). Then the integer box is resized to ``size``.
+    The draws do not depend on the slice size (see :meth:`sample`), so ``per_slice: false`` still
+    fits slices of different sizes.
+
+    ``interpolation``: "linear" or "cubic" (the release: bicubic ``cv2.resize``). A fused run that
+    contains a cubic transform is warped once with ``cv2.INTER_CUBIC``; the release interpolates
+    twice (bicubic resize of the crop, then a bilinear rotation, which blurs a little more). On
+    a real CT head crop (GE series slice 14, default windows, 415 × 402 px, released sampler and
+    rotation centre, flips) the fused cubic warp differs from the release's two steps by a mean
+    of 2.6 grey levels over 20 draws (2.3–3.0 per draw; ~4 on the noisy 40/80 window, ~2 on the
+    others; ~6 within 2 px of the zeroed corners, where the release blends one pixel into zero);
+    a fused bilinear warp differs by 2.0. Unfused (``Compose(fuse=False)``) the released sampler
+    crops and resizes as the release does, and the result equals it bit for bit
+    (tests/test_augment_parity.py measures both).
     """
 
     def __init__(self, size: int | Sequence[int] = 224, scale: Sequence[float] = (0.8, 1.2),
-                 ratio: Sequence[float] = (3 / 4, 4 / 3)):
+                 ratio: Sequence[float] = (3 / 4, 4 / 3), sampler: str = "zoom", interpolation: str = "linear"):
         if not 0 < scale[0] <= scale[1]:
             raise ValueError(f"RandomResizedCrop: scale must satisfy 0 < min <= max, got {scale!r}")
         if not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"RandomResizedCrop: ratio must satisfy 0 < min <= max, got {ratio!r}")
+        if sampler not in ("zoom", "released"):
+            raise ValueError(f"RandomResizedCrop: sampler must be 'zoom' or 'released', got {sampler!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"RandomResizedCrop: interpolation must be one of {sorted(INTERPOLATIONS)}, "
+                             f"got {interpolation!r}")
         self.size = _as_hw(size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.sampler = sampler
+        self.interpolation = interpolation
 
-    def sample(self, rng: np.random.Generator) -> tuple[float, float, float, float]:
+    def sample(self, rng: np.random.Generator) -> tuple[float, ...]:
+        """zoom: (area fraction, aspect, y and x offset fractions). released: 32 uniforms in
+        [0, 1), always all of them: per attempt (area, aspect, swap), then the y and x offsets.
+        A fixed count keeps the random state's use independent of the slice size, which the
+        release's lazy draws (and its size-bounded randint) are not."""
+        if self.sampler == "released":
+            return tuple(rng.random(3 * RELEASED_TRIES + 2).tolist())
         # One call for the four uniforms: the same numbers, bit for bit, as four rng.uniform
         # calls (low + (high - low) * u, in that order; tests/test_dataset.py checks it).
         u = rng.random(4).tolist()
@@ -169,8 +239,37 @@ class RandomResizedCrop(AffineTransform):
         area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[0]
         return area, math.exp(lo + (hi - lo) * u[1]), u[2], u[3]
 
-    def box(self, height: int, width: int, params: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-        """(y0, x0, box_h, box_w) in pixels; the box stays inside the image, or covers it."""
+    def released_crop(self, height: int, width: int, params: Sequence[float]) -> ReleasedCrop:
+        """The released sampler's box on a ``height`` × ``width`` slice from drawn ``params``.
+        Floating-point steps as in the release (``uniform(a, b) = a + (b - a) · u``, Python
+        ``round``); an offset ``floor(u · (n + 1))`` is uniform on 0..n like ``randint(0, n)``
+        (``u`` has 53 random bits: a bias below 1e-13)."""
+        if self.sampler != "released":
+            raise ValueError("RandomResizedCrop.released_crop: this transform uses sampler 'zoom'")
+        area = height * width
+        (s0, s1), (r0, r1) = self.scale, self.ratio
+        for k in range(RELEASED_TRIES):
+            u_area, u_aspect, u_swap = params[3 * k:3 * k + 3]
+            target = (s0 + (s1 - s0) * u_area) * area
+            aspect = r0 + (r1 - r0) * u_aspect
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            swapped = u_swap < 0.5
+            if swapped:
+                w, h = h, w
+            if w <= width and h <= height:
+                fy, fx = params[3 * RELEASED_TRIES:3 * RELEASED_TRIES + 2]
+                y0 = min(int(fy * (height - h + 1)), height - h)
+                x0 = min(int(fx * (width - w + 1)), width - w)
+                return ReleasedCrop(y0, x0, h, w, k + 1, False, swapped, aspect)
+        side = min(height, width)
+        return ReleasedCrop((height - side) // 2, (width - side) // 2, side, side, RELEASED_TRIES, True, False,
+                            math.nan)
+
+    def box(self, height: int, width: int, params: Sequence[float]) -> tuple[float, float, float, float]:
+        """(y0, x0, box_h, box_w) in pixels; the box stays inside the image, or (zoom) covers it."""
+        if self.sampler == "released":
+            crop = self.released_crop(height, width, params)
+            return float(crop.y0), float(crop.x0), float(crop.height), float(crop.width)
         area, aspect, fy, fx = params
         box_w = width * math.sqrt(area * aspect)
         box_h = height * math.sqrt(area / aspect)
@@ -178,9 +277,18 @@ class RandomResizedCrop(AffineTransform):
         x0 = min(0.0, width - box_w) + fx * abs(width - box_w)
         return y0, x0, box_h, box_w
 
-    def affine(self, params: tuple[float, float, float, float], in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    def affine(self, params: Sequence[float], in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
         y0, x0, box_h, box_w = self.box(in_hw[0], in_hw[1], params)
         return _scale_matrix(self.size[0] / box_h, self.size[1] / box_w, y0, x0), self.size
+
+    def apply(self, image: np.ndarray, params: Sequence[float]) -> np.ndarray:
+        """Alone (not fused): the released sampler crops and ``cv2.resize``s as the release does."""
+        if self.sampler != "released":
+            return super().apply(image, params)
+        y0, x0, h, w = self.released_crop(image.shape[0], image.shape[1], params)[:4]
+        out = cv2.resize(contiguous_pixels(image)[y0:y0 + h, x0:x0 + w], (self.size[1], self.size[0]),
+                         interpolation=INTERPOLATIONS[self.interpolation])
+        return out[..., None] if out.ndim == 2 and image.ndim == 3 else out
 
 
 class _Flip(AffineTransform):
@@ -224,10 +332,17 @@ class VerticalFlip(_Flip):
 
 @TRANSFORMS.add_component
 class RandomRotation(AffineTransform):
-    """Rotate about the centre by an angle drawn from ``[-degrees, degrees]``; zero padding."""
+    """Rotate about the centre by an angle drawn from ``[-degrees, degrees]``; zero padding.
 
-    def __init__(self, degrees: float = 180.0):
+    ``centre="exact"`` (default) turns about the image's true centre ((w - 1) / 2, (h - 1) / 2)
+    in cv2's pixel-centre coordinates; ``"released"`` about (w / 2, h / 2) as the release does,
+    half a pixel off towards the bottom right."""
+
+    def __init__(self, degrees: float = 180.0, centre: str = "exact"):
+        if centre not in ("exact", "released"):
+            raise ValueError(f"RandomRotation: centre must be 'exact' or 'released', got {centre!r}")
         self.degrees = float(degrees)
+        self.centre = centre
 
     def sample(self, rng: np.random.Generator) -> float:
         return float(rng.uniform(-self.degrees, self.degrees))
@@ -235,7 +350,11 @@ class RandomRotation(AffineTransform):
     def affine(self, params: float, in_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
         height, width = in_hw
         matrix = np.array(_IDENTITY)
-        matrix[:2] = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), params, 1.0)
+        if self.centre == "released":
+            centre = (width / 2.0, height / 2.0)
+        else:
+            centre = ((width - 1) / 2.0, (height - 1) / 2.0)
+        matrix[:2] = cv2.getRotationMatrix2D(centre, params, 1.0)
         return matrix, (height, width)
 
 
@@ -342,13 +461,15 @@ class DevicePlan:
     input pixels (``inverse``, float64 [S, 3, 3]; the input is the slice's own crop, placed at
     the top left of whatever canvas carries it), the cut masks as ``affine_grid`` thetas on the
     output (``cuts``, [S, K, 2, 3]: a pixel is kept where every cut maps it inside [-1, 1]), the
-    output size, and the normalisation."""
+    output size, the normalisation, and the warp's interpolation ("linear" or "cubic",
+    :func:`run_interpolation`)."""
 
     inverse: np.ndarray
     cuts: np.ndarray
     out_hw: tuple[int, int]
     mean: np.ndarray
     std: np.ndarray
+    interpolation: str = "linear"
 
 
 def _same_hwc(images: Sequence[np.ndarray]) -> bool:
@@ -430,7 +551,7 @@ class Compose:
     def _warp_run(self, image: np.ndarray, run: list[AffineTransform], params: list[Any]) -> np.ndarray:
         """One warp for the whole run, then zero what an intermediate canvas would have cut."""
         total, out_hw, cuts = affine_run(run, params, image.shape[:2])
-        out = _warp(image, total[:2], out_hw)
+        out = _warp(image, total[:2], out_hw, run_interpolation(run))
         mask = None
         for suffix, (h, w) in cuts:
             # The canvas (pixel edges at -0.5 and size - 0.5) maps to a parallelogram in the output.
@@ -475,7 +596,8 @@ class Compose:
         plan = DevicePlan(inverse=np.asarray(inverse, np.float64).reshape(len(out), 3, 3), out_hw=tuple(out_hw),
                           cuts=np.asarray(cuts, np.float32).reshape(len(out), -1, 2, 3),
                           mean=np.broadcast_to(normalize.mean, (out[0].shape[2],)).astype(np.float32),
-                          std=np.broadcast_to(normalize.std, (out[0].shape[2],)).astype(np.float32))
+                          std=np.broadcast_to(normalize.std, (out[0].shape[2],)).astype(np.float32),
+                          interpolation=run_interpolation(run))
         return out, plan
 
     def __repr__(self) -> str:
