@@ -229,3 +229,23 @@ def test_random_resized_crop_draws_as_four_uniform_calls():
     for _ in range(2000):
         expected = (b.uniform(0.8, 1.2), math.exp(b.uniform(math.log(3 / 4), math.log(4 / 3))), b.uniform(), b.uniform())
         assert crop.sample(a) == expected
+
+
+def test_unfused_released_augmentation_steps_like_the_release(root):
+    """``fuse: false`` applies the released transforms one at a time (crop + bicubic resize, flips,
+    bilinear rotation), the release's steps, on the CPU path. The device path warps once, so it
+    refuses ``fuse: false``."""
+    released = [{"type": "RandomResizedCrop", "size": 32, "scale": [0.8, 1.2], "sampler": "released", "interpolation": "cubic"},
+                {"type": "HorizontalFlip", "prob": 0.5}, {"type": "VerticalFlip", "prob": 0.5},
+                {"type": "RandomRotation", "degrees": 180, "centre": "released"}, {"type": "Normalize"}, {"type": "ToCHW"}]
+    config = {"type": "RSNASeriesDataset", "dataset_root": root, "split": "train", "transforms": released}
+    unfused = build(dict(config, fuse=False))
+    item = unfused[(0, 0)]
+    rng = unfused.rng(0, 0)
+    expected = unfused.load_slices(0)
+    for t in unfused.transforms.transforms[:4]:  # the release's steps; draws stage by stage, slice by slice
+        expected = [t.apply(image, t.sample(rng)) for image in expected]
+    assert item["image"].dtype == np.float32 and "norm" not in item
+    np.testing.assert_array_equal(item["image"], np.stack(expected).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255))
+    with pytest.raises(ValueError, match="needs fuse: true"):
+        build(dict(config, fuse=False, augment_on_device=True))

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,6 +124,35 @@ def test_rerun_reuses_everything_and_changes_nothing(prepared, tmp_path):
     _assert_same_tree(out, copy)
 
 
+def test_crop_mode_is_recorded_checked_and_another_mode_rebuilds(prepared, tmp_path):
+    """``--crop released``: every series rebuilt in the release's order, the manifest says so, a
+    dataset asking for the other mode is refused; back to ``head``, the root is as before."""
+    from medseg.data.dataset import RSNASeriesDataset
+    from medseg.data.meta import read_manifest
+    from medseg.data.transforms import Resize, ToCHW
+
+    cohort, raw, out, _ = prepared
+    assert read_manifest(out)["crop"] == "head"
+    copy = str(tmp_path / "copy")
+    shutil.copytree(out, copy)
+    assert main(["--raw_root", raw, "--dataset_root", copy, "--workers", "1", "--val_fraction", "0.34", "--seed", "7",
+                 "--crop", "released"]) == 0
+    assert read_manifest(copy)["crop"] == "released"
+    metas = _meta(copy)
+    records = glob.glob(os.path.join(copy, "cache", "*.json"))
+    assert records and all(json.loads(Path(p).read_text())["crop"] == "released" for p in records)
+    for _, rows in pd.concat(metas.values()).groupby("series_id"):
+        zs = [cohort.z[s] for s in rows.slice_id]
+        assert zs == sorted(zs)  # ascending z: the release's order
+    transforms = [Resize(16), ToCHW()]
+    assert len(RSNASeriesDataset(copy, "test", transforms, crop="released")) == 1
+    with pytest.raises(ValueError, match=f"^{copy}: prepared with --crop released, .* --crop head$"):
+        RSNASeriesDataset(copy, "test", transforms, crop="head")
+    summary = prepare(raw, copy, workers=1, val_fraction=0.34, seed=7)
+    assert summary.reused == 0
+    _assert_same_tree(out, copy)
+
+
 def test_invalid_cache_is_rebuilt(prepared, tmp_path):
     _, raw, out, _ = prepared
     copy = str(tmp_path / "copy")
@@ -180,11 +210,11 @@ def test_cache_is_fsynced_only_on_request(prepared, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", fsync)
     prepare(raw, str(tmp_path / "plain"), workers=1, val_fraction=0.34, seed=7)
-    assert len(synced) == 4 and not any(os.sep + "cache" + os.sep in p for p in synced)  # 3 meta tables + errors
+    assert len(synced) == 5 and not any(os.sep + "cache" + os.sep in p for p in synced)  # 3 meta tables + errors + manifest
     synced.clear()
     prepare(raw, str(tmp_path / "durable"), workers=1, val_fraction=0.34, seed=7, fsync=True)
     cached = glob.glob(os.path.join(out, "cache", "*.hcc")) + glob.glob(os.path.join(out, "cache", "*.json"))
-    assert sum(os.sep + "cache" + os.sep in p for p in synced) == len(cached) and len(synced) == len(cached) + 4
+    assert sum(os.sep + "cache" + os.sep in p for p in synced) == len(cached) and len(synced) == len(cached) + 5
     _assert_same_tree(str(tmp_path / "plain"), str(tmp_path / "durable"))
     _assert_same_tree(out, str(tmp_path / "plain"))
 

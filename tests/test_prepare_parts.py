@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import cv2
@@ -15,7 +16,7 @@ from medseg.constants import DEFAULT_WINDOWS, LABELS
 from medseg.data.crop import crop_box
 from medseg.data.kaggle_tables import label_file_mismatch, read_label_table
 from medseg.data.split import assign_folds, series_strata
-from medseg.data.cache import read_crops
+from medseg.data.cache import cache_paths, read_crops
 from medseg.data.scan import task_for
 from medseg.data.series_volume import build_volume, process_series
 from medseg.data.windows import apply_windows, parse_windows, window_uint8
@@ -126,3 +127,78 @@ def test_slice_failing_after_the_scan_is_dropped_from_the_streamed_cache(tmp_pat
     assert process_series(task, str(tmp_path / "out"), DEFAULT_WINDOWS) == dataclasses.replace(record, reused=True)  # from its .json
     for got, image, (y0, y1, x0, x1) in zip(read_crops(str(tmp_path / "out" / record.cache)), volume, crops, strict=True):
         np.testing.assert_array_equal(got, image[y0:y1, x0:x1])
+
+
+def test_released_series_box_drops_the_last_nonzero_row_and_column():
+    from medseg.data.crop import series_box
+
+    volume = np.zeros((3, 40, 50, 3), np.uint8)
+    volume[0, 5:9, 7, 2] = 1  # one channel of one slice is enough
+    volume[2, 20, 30:44, 0] = 9
+    assert series_box(volume) == (5, 20, 7, 43)  # the release's img[:, min:max]: last row and column left out
+    assert series_box(np.zeros((2, 10, 12, 3), np.uint8)) == (0, 10, 0, 12)  # nothing nonzero: the whole frame
+    line = np.zeros((2, 10, 12, 3), np.uint8)
+    line[1, 4, 2:9] = 5  # a single row: empty for the release, the whole frame here
+    assert series_box(line) == (0, 10, 0, 12)
+
+
+def test_released_black_edge_box_three_openings_exclusive_max_and_blank():
+    from medseg.data.crop import black_edge_box
+
+    brain = np.zeros((60, 70), np.uint8)
+    brain[10:40, 15:45] = 200  # a square survives the opening whole (its corners come back)
+    brain[55, 0:70] = 255  # a headrest line: opened away
+    brain[3, 3] = 255  # speckle: opened away
+    assert black_edge_box(brain) == (10, 39, 15, 44)
+    speckle = np.zeros((60, 70), np.uint8)
+    speckle[::6, ::6] = 255
+    assert black_edge_box(speckle) is None  # the opening leaves nothing: the release feeds zeros
+    # Three openings, not one: three erosions take 6 rows off each side, so a bar 9 rows high
+    # survives one 5x5 opening (the head crop) but not three, and one 13 rows high survives both.
+    for rows, survives in ((9, False), (13, True)):
+        bar = np.zeros((60, 70), np.uint8)
+        bar[20:20 + rows, 5:65] = 80
+        assert crop_box(bar) == (20, 20 + rows, 5, 65)
+        assert black_edge_box(bar) == ((20, 19 + rows, 5, 64) if survives else None)
+
+
+def test_released_order_sorts_by_x_then_y_then_z():
+    from medseg.data.crop import released_order
+
+    head_first = [(-125.0, -123.5, 30.0), (-125.0, -123.5, 20.0), (-125.0, -123.5, 10.0)]
+    assert released_order(head_first) == [2, 1, 0]  # x, y constant: ascending z (foot to head)
+    assert released_order([(0.0, 2.0, 1.0), (0.0, 1.0, 5.0), (-1.0, 9.0, 9.0)]) == [2, 1, 0]  # x first, then y
+    assert released_order([(0.0, 0.0, 2.0), None, (0.0, 0.0, 1.0)]) == [0, 1, 2]  # no position: as given
+
+
+def test_released_crop_mode_cache_order_blank_slice_and_rebuild(tmp_path):
+    """``crop="released"``: slices in ascending z, boxes from the series frame, an all-air slice
+    cached as zeros of the series box; a rerun with the other mode rebuilds the series."""
+    from medseg.data.crop import released_boxes
+
+    raw = tmp_path / "raw"
+    air = np.full((32, 32), -1000, np.int32)
+    hus = [phantom(32, k) for k in range(3)] + [air]
+    paths = [save(ct_dataset(f"ID_{k}", "ID_s", hu, float(10 * k), k + 1), str(raw / f"ID_{k}.dcm")) for k, hu in enumerate(hus)]
+    series = group_series([read_header(p) for p in paths])[0][0]
+    assert [s.slice_id for s in series.slices] == ["ID_3", "ID_2", "ID_1", "ID_0"]  # head first
+    task = task_for(series, str(raw), "released")
+    assert task.slice_ids == ("ID_0", "ID_1", "ID_2", "ID_3")  # the release's order: ascending z
+    out = str(tmp_path / "out")
+    record = process_series(task, out, DEFAULT_WINDOWS, crop="released")
+    volume = np.stack([apply_windows(hu, DEFAULT_WINDOWS) for hu in hus])
+    frame, boxes = released_boxes(volume)
+    assert boxes[3] is None and all(b is not None for b in boxes[:3])
+    assert record.crops == tuple(boxes[:3]) + (frame,)  # the blank slice spans the series frame
+    crops = read_crops(os.path.join(out, record.cache))
+    for got, image, box in zip(crops[:3], volume, boxes):
+        np.testing.assert_array_equal(got, image[box[0]:box[1], box[2]:box[3]])
+    assert crops[3].shape == (frame[1] - frame[0], frame[3] - frame[2], 3) and not crops[3].any()
+    assert process_series(task, out, DEFAULT_WINDOWS, crop="released").reused
+    head = process_series(task_for(series, str(raw)), out, DEFAULT_WINDOWS)  # head mode: rebuilt
+    assert not head.reused and head.slice_ids == ("ID_3", "ID_2", "ID_1", "ID_0")
+    _, _, record_path = cache_paths(out, "ID_s")
+    with open(record_path) as fh:
+        assert json.load(fh)["crop"] == "head"
+    again = process_series(task, out, DEFAULT_WINDOWS, crop="released")
+    assert not again.reused and again.crops == record.crops

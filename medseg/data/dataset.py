@@ -8,6 +8,7 @@ was interrupted and resumed: the sampler passes ``(index, epoch)`` keys.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -16,7 +17,8 @@ import paddle
 
 from medseg.constants import LABELS
 from medseg.data.cache import CacheFormatError, open_series
-from medseg.data.meta import CROP_COLUMNS, DATASET_COLUMNS, MetaTableError, meta_path, read_meta_file, sort_meta
+from medseg.data.crop import DEFAULT_CROP, check_crop_mode
+from medseg.data.meta import CROP_COLUMNS, DATASET_COLUMNS, MANIFEST, MetaTableError, meta_path, read_manifest, read_meta_file, sort_meta
 from medseg.data.transforms import Compose, ToCHW, Transform
 from medseg.registry import DATASETS
 from medseg.utils.logger import get_logger
@@ -49,10 +51,21 @@ class RSNASeriesDataset(paddle.io.Dataset):
     ``augment_on_device``: an item holds the uint8 head crops (on one zero canvas) and the warps
     its transforms drew, and the model's device warps and normalises them
     (:mod:`medseg.data.device_augment`); the draws are those of the CPU path.
+
+    ``crop`` (``head`` or ``released``, :mod:`medseg.data.crop`): the crop mode the config was
+    made for; the root must have been prepared with it (``prepare --crop``), else the dataset
+    refuses it. None: not checked.
+
+    ``fuse`` (default true): a run of geometric transforms is one warp, one interpolation. The
+    release interpolates at each step (bicubic crop-resize, then a bilinear rotation); with the
+    released sampler, ``fuse: false`` and the CPU path (``augment_on_device: false``) the slices
+    equal the release's bit for bit (the fused cubic warp differs by
+    2.6 grey levels on average: :class:`medseg.data.transforms.RandomResizedCrop`).
     """
 
     def __init__(self, dataset_root: str, split: str = "train", transforms: Sequence[Transform] = (),
-                 per_slice: bool = True, seed: int = 0, max_slices: int | None = None, augment_on_device: bool = False):
+                 per_slice: bool = True, seed: int = 0, max_slices: int | None = None, augment_on_device: bool = False,
+                 crop: str | None = None, fuse: bool = True):
         super().__init__()
         if max_slices is not None and int(max_slices) < 1:
             raise ValueError(f"{split} dataset: max_slices must be a positive number of slices or null, got {max_slices}")
@@ -63,8 +76,10 @@ class RSNASeriesDataset(paddle.io.Dataset):
         transforms = list(transforms or [])
         if not transforms or not isinstance(transforms[-1], ToCHW):
             raise ValueError(f"{split} dataset: transforms must end with ToCHW (models take C × H × W), got {transforms!r}")
-        self.transforms = Compose(transforms, per_slice=per_slice)
+        self.transforms = Compose(transforms, per_slice=per_slice, fuse=fuse)
         self.augment_on_device = bool(augment_on_device)
+        if self.augment_on_device and not fuse:
+            raise ValueError(f"{split} dataset: augment_on_device warps each slice once, so it needs fuse: true")
         if self.augment_on_device:
             try:
                 self.transforms.device_split()
@@ -76,6 +91,33 @@ class RSNASeriesDataset(paddle.io.Dataset):
         if not os.path.isdir(dataset_root):
             raise FileNotFoundError(f"{dataset_root}: dataset root not found (run the prepare step first)")
         self._load_meta(meta_path(dataset_root, split))
+        self.crop = None if crop is None else check_crop_mode(crop, f"{split} dataset: crop")
+        if self.crop is not None:
+            self._check_crop()
+
+    def prepared_crop(self) -> str | None:
+        """How the root was cropped: its manifest's mode; without a manifest, the mode in the
+        record of its first series (a record made before crop modes existed holds head crops);
+        None when neither exists (a root written by another tool)."""
+        manifest = read_manifest(self.dataset_root)
+        if manifest is not None:
+            return str(manifest.get("crop", DEFAULT_CROP))
+        record = os.path.splitext(self.cache_paths[0])[0] + ".json"
+        try:
+            with open(record, encoding="utf-8") as fh:
+                return str(json.load(fh).get("crop", DEFAULT_CROP))
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _check_crop(self) -> None:
+        prepared = self.prepared_crop()
+        if prepared is None:
+            logger.warning("%s: no %s and no prepare record: cannot check that it holds %s crops (config crop: %s)",
+                           self.dataset_root, MANIFEST, self.crop, self.crop)
+        elif prepared != self.crop:
+            raise ValueError(f"{self.dataset_root}: prepared with --crop {prepared}, the {self.split} dataset asks for crop: "
+                             f"{self.crop}; prepare it again: python -m medseg.data.prepare --raw_root RAW "
+                             f"--dataset_root {self.dataset_root} --crop {self.crop}")
 
     def _load_meta(self, path: str) -> None:
         meta = read_meta_file(path, required=DATASET_COLUMNS, purpose=f"split {self.split!r}")
@@ -166,7 +208,7 @@ class RSNASeriesDataset(paddle.io.Dataset):
             for i, crop in enumerate(crops):
                 canvas[i, :crop.shape[0], :crop.shape[1]] = crop
             fields = {"image": canvas, "inverse": plan.inverse, "cuts": plan.cuts, "out_hw": plan.out_hw,
-                      "mean": plan.mean, "std": plan.std}
+                      "mean": plan.mean, "std": plan.std, "interpolation": plan.interpolation}
         else:
             image = self.transforms.stack(slices, rng, deferred=True)
             normalize = self.transforms.final_normalize()

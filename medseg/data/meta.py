@@ -9,13 +9,14 @@ all go through here.
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
 from medseg.constants import LABELS
-from medseg.utils.atomic import atomic_write_csv
+from medseg.utils.atomic import atomic_write_csv, atomic_write_json
 
 META_SUFFIX = "_meta.csv"
 CROP_COLUMNS: tuple[str, ...] = ("crop_y0", "crop_y1", "crop_x0", "crop_x1")
@@ -31,6 +32,9 @@ SEMI_COLUMNS: tuple[str, ...] = ("series_id", "patient_id", *LABELS)
 ID_COLUMNS: tuple[str, ...] = ("slice_id", "series_id", "study_id", "patient_id", "cache")
 # The tags the prepare step writes; nothing else may replace them.
 PREPARED_TAGS: tuple[str, ...] = ("train", "val", "test")
+# How the prepare step made the root (crop mode, windows), written with its tables: a dataset that
+# asks for a crop mode checks it here (docs/design.md, "Crop modes and input scale").
+MANIFEST = "prepare.json"
 
 
 class MetaTableError(ValueError):
@@ -89,3 +93,29 @@ def write_meta(path: str, frame: pd.DataFrame) -> None:
     if missing:
         raise MetaTableError(f"{path}: the table to write lacks column(s) {', '.join(missing)}")
     atomic_write_csv(path, sort_meta(frame)[list(META_COLUMNS)])
+
+
+def manifest_path(dataset_root: str) -> str:
+    """``DATASET_ROOT/prepare.json``."""
+    return os.path.join(dataset_root, MANIFEST)
+
+
+def write_manifest(dataset_root: str, info: dict) -> None:
+    """Record how the prepare step made ``dataset_root`` (atomically, fsynced)."""
+    atomic_write_json(manifest_path(dataset_root), info)
+
+
+def read_manifest(dataset_root: str) -> dict | None:
+    """The prepare manifest of ``dataset_root``; None when there is none (a root prepared before
+    manifests existed, or written by another tool); :class:`MetaTableError` when unreadable."""
+    path = manifest_path(dataset_root)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            info = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise MetaTableError(f"{path}: unreadable prepare manifest ({err})") from err
+    if not isinstance(info, dict):
+        raise MetaTableError(f"{path}: the prepare manifest is not a JSON object")
+    return info

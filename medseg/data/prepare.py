@@ -2,9 +2,11 @@
 
 Steps: header scan (parallel, :mod:`medseg.data.scan`) → label table and file/label check →
 series assembly → per-series cache (parallel, resumable, :mod:`medseg.data.series_volume`) →
-patient folds and ``{train,val,test}_meta.csv`` + ``prepare_errors.csv``
-(:mod:`medseg.data.prepare_tables`) → printed summary. A bad file is recorded and skipped, never
-fatal. The workers (:mod:`medseg.utils.pool`) return values; this module only orchestrates.
+patient folds and ``{train,val,test}_meta.csv`` + ``prepare_errors.csv`` + the manifest
+``prepare.json`` (:mod:`medseg.data.prepare_tables`) → printed summary. A bad file is recorded and
+skipped, never fatal. ``--crop released`` stores what the paper's released code feeds its model
+(its crops and slice order; :mod:`medseg.data.crop`) instead of this project's head crops. The
+workers (:mod:`medseg.utils.pool`) return values; this module only orchestrates.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import pandas as pd
 from medseg.constants import DEFAULT_WINDOWS, LABELS, TEST_DIR, TRAIN_CSV, TRAIN_DIR
 from medseg.data import cache as cache_io
 from medseg.data.kaggle_tables import MismatchReport, label_file_mismatch, read_label_table
-from medseg.data.meta import META_SUFFIX, PREPARED_TAGS
-from medseg.data.prepare_tables import ERRORS_CSV, meta_table, split_tables, write_tables
+from medseg.data.crop import CROP_MODES, DEFAULT_CROP, check_crop_mode
+from medseg.data.meta import MANIFEST, META_SUFFIX, PREPARED_TAGS, manifest_path, read_manifest
+from medseg.data.prepare_tables import ERRORS_CSV, manifest, meta_table, split_tables, write_tables
 from medseg.data.records import ErrorRow, SeriesRecord
 from medseg.data.scan import collect_headers, list_dicom_files, plan_tasks, scan_header
 from medseg.data.series_volume import process_series
@@ -115,15 +118,25 @@ def prepare(
     windows: tuple[Window, ...] = DEFAULT_WINDOWS,
     val_fold: int = 0,
     fsync: bool = False,
+    crop: str = DEFAULT_CROP,
 ) -> PrepareSummary:
-    """Run the whole preparation; safe to rerun (finished series are reused). ``fsync``: also wait
-    for every cache file to reach the disk (see :mod:`medseg.data.cache`; the meta tables and the
-    error list are always fsynced)."""
+    """Run the whole preparation; safe to rerun (finished series made the same way are reused).
+    ``fsync``: also wait for every cache file to reach the disk (see :mod:`medseg.data.cache`; the
+    meta tables, the error list and the manifest are always fsynced). ``crop``: ``head`` or
+    ``released`` (:mod:`medseg.data.crop`); another mode than the root's rebuilds every series."""
+    check_crop_mode(crop, "prepare --crop")
     raw_root, dataset_root = os.path.abspath(raw_root), os.path.abspath(dataset_root)
     cache_dir = os.path.join(dataset_root, cache_io.CACHE_DIR)
     os.makedirs(cache_dir, exist_ok=True)
     cache_io.remove_stale_temporaries(cache_dir)
-    cache_io.remove_stale_temporaries(dataset_root, [f"{tag}{META_SUFFIX}" for tag in PREPARED_TAGS] + [ERRORS_CSV])
+    cache_io.remove_stale_temporaries(dataset_root, [f"{tag}{META_SUFFIX}" for tag in PREPARED_TAGS] + [ERRORS_CSV, MANIFEST])
+    wanted = manifest(crop, windows)
+    previous = read_manifest(dataset_root)
+    if previous is not None and previous != wanted:
+        # The caches are about to change under the old tables: until the new manifest is written
+        # with the new tables, the root says nothing about how it was made.
+        logger.info("%s: prepared with %s before, now %s: rebuilding", dataset_root, previous, wanted)
+        os.unlink(manifest_path(dataset_root))
     legacy = cache_io.legacy_files(cache_dir)
     if legacy:
         logger.warning("%s: %d series cached in the old format (uncompressed full-frame .npy, ~10x the disk): "
@@ -138,12 +151,12 @@ def prepare(
         labels, summary.mismatch = _read_labels(raw_root, files)  # while the workers scan
         scanned = collect_headers(scan, files, raw_root)
         headers, unlabelled = _drop_unlabelled(scanned.headers, labels, raw_root)
-        tasks, assembly_errors = plan_tasks(headers, raw_root)
+        tasks, assembly_errors = plan_tasks(headers, raw_root, crop)
         errors = scanned.errors + unlabelled + assembly_errors
         # Longest series first keeps the workers busy until the end.
         order = [task for _, task in sorted(tasks, key=lambda st: (-len(st[1].files), st[1].series_id))]
         split_of = {task.series_id: split for split, task in tasks}
-        run = partial(process_series, dataset_root=dataset_root, windows=tuple(windows), durable=fsync)
+        run = partial(process_series, dataset_root=dataset_root, windows=tuple(windows), durable=fsync, crop=crop)
         for record in parallel_map(run, order, pool, "cache", "series", name=attrgetter("series_id")):
             summary.reused += record.reused
             errors.extend(record.errors)
@@ -156,7 +169,7 @@ def prepare(
         tables = split_tables(train, test, val_fraction, seed, val_fold)
         summary.count(tables)
         errors = sorted(set(errors))
-        write_tables(dataset_root, tables, errors)
+        write_tables(dataset_root, tables, errors, wanted)
     summary.errors = Counter(e.kind for e in errors)
     return summary
 
@@ -170,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val_fold", type=int, default=0, help="which fold is written as val_meta.csv")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--windows", default=format_windows(DEFAULT_WINDOWS), help="CENTRE/WIDTH,... in HU")
+    parser.add_argument("--crop", choices=CROP_MODES, default=DEFAULT_CROP,
+                        help="head: this project's per-slice head box (default); released: exactly the crops and "
+                             "slice order the paper's released code feeds its model (for its checkpoints and the "
+                             "paper configs, whose datasets say crop: released)")
     parser.add_argument("--fsync", action="store_true",
                         help="fsync every cache file (survives a power cut; slower). Without it a rerun still "
                              "finds and rebuilds any cache file the disk lost")
@@ -186,7 +203,7 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     def job() -> None:
         summary = prepare(args.raw_root, args.dataset_root, args.workers, args.val_fraction, args.seed, windows,
-                          args.val_fold, args.fsync)
+                          args.val_fold, args.fsync, args.crop)
         print(summary.format())
 
     return run_cli(job)

@@ -1,21 +1,31 @@
 """Prepare's tables: series records → per-slice meta rows → patient folds → the
-``{train,val,test}_meta.csv`` files (through :mod:`medseg.data.meta`) and ``prepare_errors.csv``."""
+``{train,val,test}_meta.csv`` files (through :mod:`medseg.data.meta`), ``prepare_errors.csv`` and
+the manifest ``prepare.json`` (how the root was made)."""
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
 from medseg.constants import LABELS
-from medseg.data.meta import CROP_COLUMNS, META_COLUMNS, meta_path, sort_meta, write_meta
+from medseg.data.crop import RELEASED
+from medseg.data.meta import CROP_COLUMNS, META_COLUMNS, meta_path, sort_meta, write_manifest, write_meta
 from medseg.data.records import ERROR_COLUMNS, ErrorRow, SeriesRecord
 from medseg.data.split import assign_folds
+from medseg.data.windows import Window, format_windows
 from medseg.utils.atomic import atomic_write_csv
 
 ERRORS_CSV = "prepare_errors.csv"
+
+
+def manifest(crop: str, windows: tuple[Window, ...]) -> dict:
+    """What ``prepare.json`` records: the crop mode, the slice order it implies, the windows."""
+    order = "released (ImagePositionPatient x, y, z ascending)" if crop == RELEASED else "head to foot"
+    return {"crop": crop, "slice_order": order, "windows": format_windows(windows)}
 
 
 def meta_table(records: list[SeriesRecord], labels: pd.DataFrame | None) -> pd.DataFrame:
@@ -70,11 +80,14 @@ def split_tables(train: pd.DataFrame, test: pd.DataFrame, val_fraction: float, s
     return {split: sort_meta(frame[list(META_COLUMNS)]) for split, frame in tables.items()}
 
 
-def write_tables(dataset_root: str, tables: dict[str, pd.DataFrame], errors: list[ErrorRow]) -> None:
-    """Write the meta tables and the error list (``errors`` in the order given) side by side:
-    each waits for its fsync and rename, waits that overlap."""
+def write_tables(dataset_root: str, tables: dict[str, pd.DataFrame], errors: list[ErrorRow],
+                 info: dict | None = None) -> None:
+    """Write the meta tables, the error list (``errors`` in the order given) and the manifest
+    ``info`` (if given) side by side: each waits for its fsync and rename, waits that overlap."""
     error_frame = pd.DataFrame([e[: len(ERROR_COLUMNS)] for e in errors], columns=list(ERROR_COLUMNS))
-    jobs = [(write_meta, meta_path(dataset_root, split), frame) for split, frame in tables.items()]
-    jobs.append((atomic_write_csv, os.path.join(dataset_root, ERRORS_CSV), error_frame))
+    jobs = [partial(write_meta, meta_path(dataset_root, split), frame) for split, frame in tables.items()]
+    jobs.append(partial(atomic_write_csv, os.path.join(dataset_root, ERRORS_CSV), error_frame))
+    if info is not None:
+        jobs.append(partial(write_manifest, dataset_root, info))
     with ThreadPoolExecutor(len(jobs)) as threads:
-        list(threads.map(lambda job: job[0](job[1], job[2]), jobs))
+        list(threads.map(lambda job: job(), jobs))

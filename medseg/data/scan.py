@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from medseg.constants import TEST_DIR, TRAIN_DIR
 from medseg.data import cache as cache_io
+from medseg.data.crop import DEFAULT_CROP, RELEASED, released_order
 from medseg.data.records import ErrorRow
 from medseg.data.series_volume import SeriesTask
 from medseg.dicom.errors import DicomReadError
@@ -68,26 +69,31 @@ def relative_path(path: str, root: str) -> str:
     return path[len(root) + 1 :] if path.startswith(root + os.sep) else os.path.relpath(path, root)
 
 
-def task_for(series: Series, raw_root: str) -> SeriesTask:
-    """A worker's task for one assembled series (files relative to ``raw_root``)."""
+def task_for(series: Series, raw_root: str, crop: str = DEFAULT_CROP) -> SeriesTask:
+    """A worker's task for one assembled series (files relative to ``raw_root``): its slices head
+    to foot, or in the release's order (:func:`medseg.data.crop.released_order`) for
+    ``crop="released"``, the order the released checkpoints were trained with."""
+    order = released_order([s.position for s in series.slices]) if crop == RELEASED else range(len(series.slices))
+    slices = [series.slices[i] for i in order]
     return SeriesTask(
         series_id=series.series_id,
         study_id=series.study_id,
         patient_id=series.patient_id,
         raw_root=raw_root,
-        files=tuple(relative_path(s.path, raw_root) for s in series.slices),
-        slice_ids=tuple(s.slice_id for s in series.slices),
-        positions=tuple(float(p) for p in series.positions),
+        files=tuple(relative_path(s.path, raw_root) for s in slices),
+        slice_ids=tuple(s.slice_id for s in slices),
+        positions=tuple(float(series.positions[i]) for i in order),
         spacing=series.spacing,
         rows=series.shape[0],
         cols=series.shape[1],
-        slices=tuple(series.slices),
+        slices=tuple(slices),
     )
 
 
-def plan_tasks(headers: dict[str, list[SliceHeader]], raw_root: str) -> tuple[list[tuple[str, SeriesTask]], list[ErrorRow]]:
+def plan_tasks(headers: dict[str, list[SliceHeader]], raw_root: str,
+               crop: str = DEFAULT_CROP) -> tuple[list[tuple[str, SeriesTask]], list[ErrorRow]]:
     """Assemble series per split: ``([(split, task)], errors)``, one task per series, each with
-    its own cache name."""
+    its own cache name (slices ordered as ``crop`` asks: :func:`task_for`)."""
     tasks: list[tuple[str, SeriesTask]] = []
     errors: list[ErrorRow] = []
     taken: set[str] = set()
@@ -102,5 +108,5 @@ def plan_tasks(headers: dict[str, list[SliceHeader]], raw_root: str) -> tuple[li
                               for s in series.slices)
                 continue
             taken.add(name)
-            tasks.append((split, task_for(series, raw_root)))
+            tasks.append((split, task_for(series, raw_root, crop)))
     return tasks, errors

@@ -1,4 +1,5 @@
-"""Build one series' cache entry: decode each slice, window it, find its crop box.
+"""Build one series' cache entry: decode each slice, window it, find its crop box
+(:mod:`medseg.data.crop`: ``head`` per slice as it streams, or ``released`` over the whole series).
 
 Runs inside a prepare worker. Windowing goes through a lookup table indexed by the stored 16-bit
 word (bit masking, modality LUT, 12-bit fix, padding and all windows folded into one gather),
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 
 from medseg.data import cache as cache_io
-from medseg.data.crop import crop_box
+from medseg.data.crop import DEFAULT_CROP, RELEASED, check_crop_mode, crop_box, released_boxes
 from medseg.data.records import ErrorRow, SeriesRecord
 from medseg.data.windows import Window, apply_windows, format_windows
 from medseg.dicom.errors import DicomReadError
@@ -28,7 +29,9 @@ from medseg.dicom.pixels import read_native_words, read_words
 
 @dataclass(frozen=True)
 class SeriesTask:
-    """Everything a worker needs, picklable and small. Per-slice tuples are in head-to-foot order.
+    """Everything a worker needs, picklable and small. Per-slice tuples are in the order the
+    series is stored in: head to foot, or the release's order for ``crop="released"``
+    (:func:`medseg.data.scan.task_for`).
 
     ``slices`` (the scan's headers) is optional: with it, native pixel data are read at the
     offsets the scan found, without a second pydicom parse; without it every file is decoded
@@ -106,11 +109,13 @@ Crop = tuple[int, int, int, int]
 
 
 def window_slices(task: SeriesTask, windows: tuple[Window, ...], target: Callable[[int], np.ndarray],
-                  errors: list[ErrorRow], words_out: list | None = None) -> Iterator[tuple[int, Crop, np.ndarray]]:
+                  errors: list[ErrorRow], words_out: list | None = None,
+                  head_boxes: bool = True) -> Iterator[tuple[int, Crop | None, np.ndarray]]:
     """Decode and window each slice into ``target(k)`` (``[H, W, C]`` uint8; k counts the slices
     kept so far) and yield ``(index in the series, crop box, that image)`` per good slice. A bad
     slice is appended to ``errors`` and skipped, never raised.
-    ``words_out``, if given, holds ``[words, params, layout]`` of the slice being yielded."""
+    ``words_out``, if given, holds ``[words, params, layout]`` of the slice being yielded.
+    ``head_boxes`` False: no per-slice box (None), for a crop that needs the whole series."""
     rows, cols = task.rows, task.cols
     # Per-slice buffers reused across the series: fresh pages cost more than the work done in them.
     scratch = np.empty((rows, cols), dtype=np.uint32)
@@ -135,29 +140,72 @@ def window_slices(task: SeriesTask, windows: tuple[Window, ...], target: Callabl
         kept += 1
         if words_out is not None:
             words_out[:] = (words, params, layout)
-        yield index, crop_box(cv2.extractChannel(out, tissue_channel, dst=tissue), eroded), out
+        box = crop_box(cv2.extractChannel(out, tissue_channel, dst=tissue), eroded) if head_boxes else None
+        yield index, box, out
 
 
-def build_volume(task: SeriesTask, windows: tuple[Window, ...]) -> tuple[np.ndarray, list[int], list[Crop], list[ErrorRow]]:
-    """The whole series in memory: (volume of the kept slices, kept indices, crop boxes, errors)."""
+def build_volume(task: SeriesTask, windows: tuple[Window, ...], crop: str = DEFAULT_CROP,
+                 decoded: list | None = None) -> tuple[np.ndarray, list[int], list[Crop], list[ErrorRow]]:
+    """The whole series in memory: (volume of the kept slices, kept indices, crop boxes, errors).
+
+    ``crop="released"``: the release's boxes (:func:`medseg.data.crop.released_boxes`); a blank
+    slice (its opening left nothing) gets the series box and its frame is zeroed here, so that
+    ``volume[k, y0:y1, x0:x1]`` is the zeros the release feeds. ``decoded``, if a list, receives
+    each kept slice's ``(words, params, layout)``."""
+    check_crop_mode(crop, "build_volume")
     volume = np.empty((len(task.files), task.rows, task.cols, len(windows)), dtype=np.uint8)
     errors: list[ErrorRow] = []
-    done = [(index, crop) for index, crop, _ in window_slices(task, windows, volume.__getitem__, errors)]
-    return volume[: len(done)], [index for index, _ in done], [crop for _, crop in done], errors
+    holder: list = []
+    done = []
+    for index, box, _ in window_slices(task, windows, volume.__getitem__, errors, holder, head_boxes=crop != RELEASED):
+        done.append((index, box))
+        if decoded is not None:
+            decoded.append(tuple(holder))
+    volume = volume[: len(done)]
+    crops = [box for _, box in done]
+    if crop == RELEASED and done:
+        frame, boxes = released_boxes(volume)
+        for k, box in enumerate(boxes):
+            if box is None:
+                volume[k] = 0
+            crops[k] = frame if box is None else box
+    return volume, [index for index, _ in done], crops, errors
 
 
-def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, ...], durable: bool = False) -> SeriesRecord:
-    """Build (or reuse, if complete and valid) one series' cache; returns its record. ``durable``:
-    fsync the cache files (see :mod:`medseg.data.cache`).
+def _released_crops(task: SeriesTask, windows: tuple[Window, ...], errors: list[ErrorRow], kept: list[int],
+                    crops: list[Crop]) -> Iterator[tuple[Crop, np.ndarray, np.ndarray | None]]:
+    """The cache's slices for ``crop="released"``: the whole series is windowed first (its box
+    needs every slice), then each slice's crop and chain codes (from its stored words; a blank
+    slice's zeros are coded from the image)."""
+    decoded: list = []
+    volume, indices, boxes, failed = build_volume(task, windows, RELEASED, decoded)
+    errors.extend(failed)
+    for k, (index, (y0, y1, x0, x1)) in enumerate(zip(indices, boxes)):
+        kept.append(index)
+        crops.append((y0, y1, x0, x1))
+        image = volume[k, y0:y1, x0:x1]
+        words, params, layout = decoded[k]
+        table = code_lut(params, layout, windows)
+        blank = not image.any()  # a slice's own box holds its opening's nonzero pixels: all zero = blank
+        yield (y0, y1, x0, x1), image, None if table is None or blank else np.take(table, words[y0:y1, x0:x1])
 
-    Each slice is windowed into one reused buffer (for its crop box), and only its head crop goes
-    to the cache, as chain codes gathered straight from the stored words (one table look-up).
+
+def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, ...], durable: bool = False,
+                   crop: str = DEFAULT_CROP) -> SeriesRecord:
+    """Build (or reuse, if complete and valid and made with the same ``crop`` mode) one series'
+    cache; returns its record. ``durable``: fsync the cache files (see :mod:`medseg.data.cache`).
+
+    ``head``: each slice is windowed into one reused buffer (for its crop box), and only its head
+    crop goes to the cache, as chain codes gathered straight from the stored words (one table
+    look-up). ``released``: the series is windowed whole first (``_released_crops``).
     """
+    check_crop_mode(crop, "process_series")
     rel, cache_path, record_path = cache_io.cache_paths(dataset_root, task.series_id)
     inputs = task.inputs()
     window_text = format_windows(windows)
     record = cache_io.read_valid_record(cache_path, record_path, inputs, window_text)
-    if record is not None:
+    # A record from before crop modes existed was made with the head crop.
+    if record is not None and record.get("crop", DEFAULT_CROP) == crop:
         return SeriesRecord.from_json(record, reused=True)
     image = np.empty((task.rows, task.cols, len(windows)), dtype=np.uint8)
     kept: list[int] = []
@@ -174,7 +222,8 @@ def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, .
             table = code_lut(params, layout, windows)
             yield crop, out[y0:y1, x0:x1], None if table is None else np.take(table, words[y0:y1, x0:x1])
 
-    count = cache_io.write_cache_file(cache_path, (task.rows, task.cols), tuple(windows), head_crops(), durable)
+    slices = _released_crops(task, windows, errors, kept, crops) if crop == RELEASED else head_crops()
+    count = cache_io.write_cache_file(cache_path, (task.rows, task.cols), tuple(windows), slices, durable)
     record = {
         "series_id": task.series_id,
         "study_id": task.study_id,
@@ -182,6 +231,7 @@ def process_series(task: SeriesTask, dataset_root: str, windows: tuple[Window, .
         "cache": rel if count else "",
         "format": cache_io.FORMAT,
         "windows": window_text,
+        "crop": crop,
         "inputs": inputs,
         "shape": [count, *image.shape],
         "slice_ids": [task.slice_ids[i] for i in kept],

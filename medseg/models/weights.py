@@ -18,13 +18,18 @@ Key maps (``key_map:``), each a function ``source key → our key`` (``None`` = 
 - ``auto``: whichever of the above loads the most tensors (ties: the fewest unexpected keys).
 Tensors whose shape differs (e.g. a 1000-class ImageNet head vs our 6 outputs) are not loaded
 and are listed in the report.
+
+Released weights saw uint8 / 255 inputs without mean or std; :func:`check_released_input_scale`
+is the one check, called wherever a config meets a weights file (train, infer, export, predict),
+that says so when the config's eval transforms feed something else.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import paddle
@@ -269,3 +274,59 @@ def load_pretrained(layer: paddle.nn.Layer, path: str, key_map: str | Callable =
         tensor.set_value(value.astype(str(tensor.dtype).split(".")[-1], copy=False))
     logger.info(report.summary())
     return report
+
+
+def _weights_file(path: str) -> str:
+    """A checkpoint folder's ``model.pdparams``, or ``path`` itself."""
+    return os.path.join(path, "model.pdparams") if os.path.isdir(path) else path
+
+
+def file_is_easymia(path: str) -> bool:
+    """Whether the weights at ``path`` (a file or a checkpoint folder) carry the released code's
+    names; False for anything unreadable (its loader reports that)."""
+    file = _weights_file(path)
+    try:
+        if file.lower().endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(file, framework="numpy") as fh:
+                return is_easymia(list(fh.keys()))
+        state = paddle.load(file, return_numpy=True)  # pdparams: a pickle, no key index to peek at
+    except Exception:  # any unreadable file: its loader reports it, not this check
+        return False
+    return isinstance(state, dict) and is_easymia(state)
+
+
+def input_scale_note(transforms: Sequence[dict]) -> str | None:
+    """Why a transform list (config dicts) does not feed uint8 / 255, or None when it does: the
+    released checkpoints saw ``x / 255`` with no mean or std (its Evaluator divides uint8 by 255
+    and nothing else), which a ``Normalize`` with the default mean 0 and std 1 gives exactly."""
+    norms = [t for t in transforms if isinstance(t, dict) and t.get("type") == "Normalize"]
+    if not norms:
+        return "no Normalize (the model would see 0..255)"
+    mean, std = (np.asarray(norms[-1].get(key, default), dtype=np.float64) for key, default in (("mean", 0.0), ("std", 1.0)))
+    if np.all(mean == 0.0) and np.all(std == 1.0):
+        return None
+    return f"Normalize mean {mean.tolist()} std {std.tolist()}"
+
+
+def check_released_input_scale(cfg: Any, *paths: str | None) -> str | None:
+    """Log one warning (and return it) when a released (easymia) weights file among ``paths`` is
+    used with a config whose eval transforms do not feed uint8 / 255; None otherwise. Cheap when
+    the config is right: the files are only opened when its transforms would deserve a warning."""
+    from medseg.data.build import eval_transform_config
+    from medseg.registry import ConfigError
+
+    try:
+        note = input_scale_note(eval_transform_config(cfg))
+    except ConfigError:  # no eval transforms: nothing to compare
+        return None
+    if note is None:
+        return None
+    for path in paths:
+        if path and file_is_easymia(path):
+            line = (f"{path}: released (easymia) weights, but {cfg.path or 'the config'} feeds {note}; "
+                    "they were trained on uint8 / 255 without mean or std ({type: Normalize}, as in config/_base_/rsna_224.yml)")
+            logger.warning(line)
+            return line
+    return None

@@ -16,6 +16,7 @@ from medseg.engine import checkpoint as ckpt
 from medseg.export.inference import ExportedModel
 from medseg.export.meta import is_export_dir
 from medseg.models.outputs import prediction_logits
+from medseg.models.weights import check_released_input_scale
 from medseg.outputs.calibrate import apply_calibration, load_calibration
 
 
@@ -26,6 +27,7 @@ class CheckpointModel:
 
     def __init__(self, cfg: Config, path: str, chunk_size: int | None = None):
         self.path = path
+        check_released_input_scale(cfg, path)
         self.model = cfg.build("model")
         ckpt.load_params(path, self.model, strict=True)
         self.model.eval()

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from medseg.config import Config
 from medseg.constants import DEFAULT_WINDOWS, LABELS
-from medseg.data.build import build_eval_transforms, eval_transform_config
+from medseg.data.build import build_eval_transforms, eval_section, eval_transform_config
 from medseg.data.collate import collate_series
+from medseg.data.crop import DEFAULT_CROP, check_crop_mode
 from medseg.data.windows import Window, format_windows, parse_windows
 from medseg.export.meta import read_meta
 from medseg.predict.backend import load_model, model_kind
@@ -70,23 +71,35 @@ def check_export_transforms(cfg: Config, model_path: str) -> None:
                          f"(use the export's config.yml)")
 
 
+def eval_crop_mode(cfg: Config) -> str:
+    """The crop mode of the eval dataset section (its first entry when a list): what the model
+    was validated on, so a DICOM folder is cropped the same way (``head`` when not given)."""
+    key = eval_section(cfg)
+    section = cfg.section(key)
+    entry = section[0] if isinstance(section, list) else section
+    crop = entry.get("crop") if isinstance(entry, dict) else None
+    return DEFAULT_CROP if crop is None else check_crop_mode(crop, f"{cfg.path or '<config>'}: {key}.crop")
+
+
 def _batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
 
 def batch_probabilities(model, inputs: list[SeriesInput]) -> list[np.ndarray]:
-    """Probabilities [S_i, 6] for each series of one padded batch."""
-    batch = collate_series([{"image": s.image, "label": np.zeros((len(s.image), len(LABELS)), np.float32),
+    """Probabilities [S_i, 6] for each series of one padded batch (the model takes each series'
+    slices in its :meth:`SeriesInput.model_image` order; the rows come back in the series' order)."""
+    batch = collate_series([{"image": s.model_image(), "label": np.zeros((len(s.image), len(LABELS)), np.float32),
                              "series_id": s.series_id, "slice_ids": s.slice_ids} for s in inputs])
     probs = model(batch["image"], batch["mask"])
-    return [probs[b, :len(s.slice_ids)].astype(np.float64) for b, s in enumerate(inputs)]
+    return [s.from_model_order(probs[b, :len(s.slice_ids)].astype(np.float64)) for b, s in enumerate(inputs)]
 
 
 def folder_results(model, root: str, transforms, windows: tuple[Window, ...], batch_size: int = 1,
-                   exclude: tuple[str, ...] = (), progress: bool = True
+                   exclude: tuple[str, ...] = (), progress: bool = True, crop: str = DEFAULT_CROP,
                    ) -> tuple[list[str], list[SeriesResult], list[Skipped], dict[str, float]]:
-    """Discover, read, preprocess and predict every CT series under ``root`` (nothing is written).
+    """Discover, read, preprocess (``crop`` mode: :func:`eval_crop_mode`) and predict every CT
+    series under ``root`` (nothing is written).
 
     Returns ``(files looked at, results, skipped files, seconds per stage)``.
     """
@@ -104,7 +117,7 @@ def folder_results(model, root: str, transforms, windows: tuple[Window, ...], ba
     for group in _batches(series, batch_size):
         inputs = []
         for item in group:
-            loaded, bad = load_series(item, root, windows, transforms, slice_ids)
+            loaded, bad = load_series(item, root, windows, transforms, slice_ids, crop)
             skipped += bad
             if loaded is not None:
                 inputs.append(loaded)
@@ -137,10 +150,11 @@ def run_predict(cfg: Config, model_path: str, dicom_dir: str, out_dir: str, thre
     window_set = resolve_windows(model_path, windows)
     check_export_transforms(cfg, model_path)
     transforms = build_eval_transforms(eval_transform_config(cfg), f"{cfg.path}: eval transforms")
+    crop = eval_crop_mode(cfg)
     model = load_model(cfg, model_path, threads=threads, chunk_size=chunk_size)
     seconds["load_model"] = time.perf_counter() - start
 
-    files, results, skipped, timing = folder_results(model, root, transforms, window_set, batch_size, (out_dir,), progress)
+    files, results, skipped, timing = folder_results(model, root, transforms, window_set, batch_size, (out_dir,), progress, crop)
     seconds.update(timing)
 
     paths = output_paths(out_dir)
@@ -150,7 +164,7 @@ def run_predict(cfg: Config, model_path: str, dicom_dir: str, out_dir: str, thre
         raise NothingReadableError(f"{dicom_dir}: no readable CT slice among {len(files)} file(s) (reasons in {paths['skipped']})")
     tic = time.perf_counter()
     info = {"dicom_dir": root, "model": os.path.abspath(model_path), "model_kind": model.kind,
-            "config": os.path.abspath(cfg.path) if cfg.path else None, "windows": format_windows(window_set),
+            "config": os.path.abspath(cfg.path) if cfg.path else None, "windows": format_windows(window_set), "crop": crop,
             "files": len(files), "skipped": len(skipped)}
     write_predictions_csv(paths["csv"], results)
     write_predictions_json(paths["json"], results, threshold, info)

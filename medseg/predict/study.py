@@ -1,9 +1,11 @@
 """CT slices → ordered series → model inputs, with prepare's reader and the training preprocessing.
 
 Each series goes through ``medseg.data.series_volume.build_volume`` (the prepare step's decoder:
-RSNA quirks, padding, windows as uint8, crop box per slice), is cropped like the dataset crops
-(``volume[i, y0:y1, x0:x1]``) and transformed by the config's eval transforms. Nothing here
-reimplements a preprocessing step, so predict sees a study exactly as validation did.
+RSNA quirks, padding, windows as uint8, crop box per slice in the config's crop mode), is cropped
+like the dataset crops (``volume[i, y0:y1, x0:x1]``) and transformed by the config's eval
+transforms. Nothing here reimplements a preprocessing step, so predict sees a study exactly as
+validation did. With ``crop: released`` the model also takes the slices in the release's order
+(``SeriesInput.order``); results stay head to foot.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import cv2
 import numpy as np
 
 from medseg.data.build import apply_transforms
+from medseg.data.crop import DEFAULT_CROP, RELEASED, released_order
 from medseg.data.series_volume import SeriesTask, build_volume
 from medseg.data.transforms import Compose
 from medseg.data.windows import Window
@@ -41,6 +44,19 @@ class SeriesInput:
     thumbnails: np.ndarray  # uint8 [S, THUMB_PX, THUMB_PX], first window (brain), cropped
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # "read" (decode + window + crop box), "preprocess"
+    order: np.ndarray | None = None  # the slices in the order the model takes them (None: as listed)
+
+    def model_image(self) -> np.ndarray:
+        """``image`` in the model's slice order."""
+        return self.image if self.order is None else self.image[self.order]
+
+    def from_model_order(self, values: np.ndarray) -> np.ndarray:
+        """Per-slice ``values`` in the model's order → in this series' order (head to foot)."""
+        if self.order is None:
+            return values
+        out = np.empty_like(values)
+        out[self.order] = values
+        return out
 
 
 def assemble_series(headers: list[SliceHeader], root: str) -> tuple[list[Series], list[Skipped]]:
@@ -62,9 +78,9 @@ def unique_slice_ids(series: list[Series], root: str) -> dict[str, str]:
 
 
 def load_series(series: Series, root: str, windows: tuple[Window, ...], transforms: Compose,
-                slice_ids: dict[str, str]) -> tuple[SeriesInput | None, list[Skipped]]:
-    """Decode, window, crop and transform one series; bad slices are skipped with a reason
-    (None when no slice of the series could be decoded)."""
+                slice_ids: dict[str, str], crop: str = DEFAULT_CROP) -> tuple[SeriesInput | None, list[Skipped]]:
+    """Decode, window, crop (``crop`` mode, :mod:`medseg.data.crop`) and transform one series; bad
+    slices are skipped with a reason (None when no slice of the series could be decoded)."""
     start = time.perf_counter()
     task = SeriesTask(
         series_id=series.series_id, study_id=series.study_id, patient_id=series.patient_id, raw_root=root,
@@ -73,7 +89,7 @@ def load_series(series: Series, root: str, windows: tuple[Window, ...], transfor
         positions=tuple(float(p) for p in series.positions), spacing=series.spacing,
         rows=series.shape[0], cols=series.shape[1],
     )
-    volume, kept, crops, errors = build_volume(task, tuple(windows))
+    volume, kept, crops, errors = build_volume(task, tuple(windows), crop)
     skipped = [Skipped(e.file, f"{e.kind}: {e.reason}") for e in errors]
     if not kept:
         return None, skipped
@@ -82,9 +98,11 @@ def load_series(series: Series, root: str, windows: tuple[Window, ...], transfor
     image = apply_transforms(transforms, cropped)
     thumbnails = np.stack([cv2.resize(np.ascontiguousarray(c[..., 0]), (THUMB_PX, THUMB_PX), interpolation=cv2.INTER_AREA) for c in cropped])
     done = time.perf_counter()
+    order = np.asarray(released_order([series.slices[i].position for i in kept])) if crop == RELEASED else None
     return SeriesInput(
         series_id=series.series_id, study_id=series.study_id, patient_id=series.patient_id,
         files=[task.files[i] for i in kept], slice_ids=[task.slice_ids[i] for i in kept],
         positions=np.asarray([task.positions[i] for i in kept], dtype=np.float64), image=image,
         thumbnails=thumbnails, notes=list(series.notes), seconds={"read": read - start, "preprocess": done - read},
+        order=order,
     ), skipped

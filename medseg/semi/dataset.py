@@ -28,9 +28,10 @@ class PseudoSeriesDataset(RSNASeriesDataset):
 
     def __init__(self, dataset_root: str, split: str = "test_pseudo", transforms: Sequence[Transform] = (),
                  per_slice: bool = True, seed: int = 0, exclude_splits: Sequence[str] = DEFAULT_EXCLUDE,
-                 max_slices: int | None = None, augment_on_device: bool = False):
+                 max_slices: int | None = None, augment_on_device: bool = False, crop: str | None = None,
+                 fuse: bool = True):
         check_pseudo_file(dataset_root, split, list(exclude_splits))
-        super().__init__(dataset_root, split, transforms, per_slice, seed, max_slices, augment_on_device)
+        super().__init__(dataset_root, split, transforms, per_slice, seed, max_slices, augment_on_device, crop, fuse)
         self.exclude_splits = list(exclude_splits)
         self.keep = np.isfinite(self.labels).all(axis=1)  # False = dropped by the confidence filter
         for index, sid in enumerate(self.series_ids):

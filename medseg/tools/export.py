@@ -34,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     from medseg.data.windows import parse_windows
     from medseg.export import export_model
     from medseg.export.onnx import export_onnx
+    from medseg.models.weights import check_released_input_scale
 
     def job() -> None:
         cfg = Config(args.config, args.overrides)
+        check_released_input_scale(cfg, args.model)
         windows = parse_windows(args.windows) if args.windows else DEFAULT_WINDOWS
         result = export_model(cfg, args.model, args.save_dir, windows)
         print(f"exported to {result.save_dir} (input [B, S, {result.meta.channels}, {result.meta.height}, {result.meta.width}])")

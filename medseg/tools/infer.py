@@ -37,11 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     from medseg.config import Config
     from medseg.engine import distributed as dist
     from medseg.engine.infer_split import infer_split
+    from medseg.models.weights import check_released_input_scale
     from medseg.utils.logger import setup_logger
 
     def job() -> None:
         setup_logger()  # console only (rank 0): inference writes no log file of its own
         cfg = Config(args.config, args.overrides)
+        check_released_input_scale(cfg, args.resume_model)
         model_dir = args.resume_model if os.path.isdir(args.resume_model) else os.path.dirname(args.resume_model)
         output = args.output or os.path.join(model_dir, f"predictions_{args.split}.csv")
         from medseg.engine.loader import default_num_workers

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from medseg.config import Config
     from medseg.engine.trainer import TrainOptions, train
+    from medseg.models.weights import check_released_input_scale
 
     def job() -> None:
         overrides = list(args.overrides)
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.learning_rate is not None:
             overrides.append(f"lr_scheduler.learning_rate={args.learning_rate}")
         cfg = Config(args.config, overrides)
+        # --resume_model is always this project's own checkpoint (iter_N/ with optimizer and state):
+        # released weights come in through --pretrained or the config's encoder.pretrained.
+        check_released_input_scale(cfg, args.pretrained, cfg.get("model.encoder.pretrained"))
         opts = TrainOptions(save_dir=args.save_dir, save_interval=args.save_interval,
                             keep_checkpoint_max=args.keep_checkpoint_max, keep_checkpoint_iter=args.keep_checkpoint_iter,
                             num_workers=args.num_workers, use_shared_memory=not args.no_shared_memory,
