@@ -117,14 +117,17 @@ def test_predict_checkpoint_and_export_apply_it(tmp_path):
     from export import main as export_main
     from medseg.export import ExportedModel
     from medseg.predict.backend import CheckpointModel
-    from tests.predict_fixtures import SIZE, write_checkpoint
-    from tests.predict_fixtures import write_config as predict_config
+    from tests.predict_fixtures import SIZE
+    from tests.test_export import write_checkpoint
+    from tests.test_export import write_config as predict_config  # a model whose output depends on the image
 
     config = predict_config(str(tmp_path / "tiny.yml"))
-    ckpt = write_checkpoint(config, str(tmp_path / "best_model"))
+    ckpt = write_checkpoint(config, str(tmp_path / "best_model"), seed=3)
     image = np.random.default_rng(0).normal(size=(1, 4, 3, SIZE, SIZE)).astype(np.float32)
     mask = np.ones((1, 4), bool)
-    raw = CheckpointModel(Config(config), ckpt)(image, mask)
+    uncalibrated = CheckpointModel(Config(config), ckpt)
+    raw = uncalibrated(image, mask)
+    assert np.abs(raw - uncalibrated(0 * image, mask)).max(axis=-1).min() > 100 * 1e-4  # 1e-4 below can fail
     cal = Calibration(temperature=(0.5, 1.0, 2.0, 3.0, 0.7, 1.5))
     write_calibration(cal, os.path.join(ckpt, CALIBRATION_FILE))
     calibrated = CheckpointModel(Config(config), ckpt)(image, mask)

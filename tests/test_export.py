@@ -19,9 +19,47 @@ from medseg.export import ExportedModel, create_predictor, read_meta, run_predic
 from medseg.export.meta import graph_files
 from medseg.models.outputs import prediction_logits
 from medseg.predict.__main__ import main as predict_main
-from tests.predict_fixtures import SIZE, write_checkpoint, write_config
+from tests.predict_fixtures import SIZE
+from tests.predict_fixtures import write_config as write_demo_config
 
 ATOL = 1e-5
+SENSITIVITY = 100  # zeroing the image must move every slice's output by this many times a test's tolerance
+
+
+def write_config(path: str, model: str = "") -> str:
+    """The predict fixtures' demo config (``model``: more lines of its model section) with a
+    ResNet-18 encoder: the demo's MobileNetV3, untrained, pools features of ~4e-8, so its output
+    barely depends on the image (zeroing the image moved it by < 5e-7) and an export whose
+    encoder returned anything at all would still match dygraph within 1e-5."""
+    base = write_demo_config(path[:-len(".yml")] + "_demo.yml", model)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"_base_: {base}\nmodel:\n  encoder: {{arch: resnet18}}\n")
+    return path
+
+
+def write_checkpoint(config: str, folder: str, seed: int) -> str:
+    """Untrained weights whose BatchNorm statistics are one batch's, as a trained checkpoint's are
+    its data's; saved the way the trainer saves them (``folder/model.pdparams``). With Paddle's
+    initial statistics (mean 0, variance 1) ResNet-18's pooled features reach ~30 and the slice
+    logits ~100: most probabilities would be exactly 0 or 1 and hide any difference."""
+    paddle.seed(seed)
+    model = Config(config).build("model")
+    norms = [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.layer.norm._BatchNormBase)]
+    for layer in norms:
+        layer._momentum = 0.0  # running = momentum * running + (1 - momentum) * batch: this batch's
+    model.train()
+    with paddle.no_grad():
+        model(paddle.to_tensor(_inputs(4, 8, seed=10_000 + seed)), paddle.ones([4, 8], dtype="bool"))
+    os.makedirs(folder, exist_ok=True)
+    paddle.save(model.state_dict(), os.path.join(folder, "model.pdparams"))
+    return folder
+
+
+@pytest.fixture
+def no_html_report(monkeypatch):
+    """The predict runs here are compared by their numbers; the HTML report (matplotlib, about a
+    second a series) is test_predict's to check."""
+    monkeypatch.setattr("medseg.predict.run.write_report", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +90,15 @@ def _dygraph(model, image, mask):
 
 
 CASES = [(1, 5, None), (1, 9, None), (2, 7, 3)]  # two slice counts, then a padded batch (series 2 has 3 real slices)
+
+
+def _assert_image_matters(model, image, mask, atol, output=None):
+    """The equality tests can fail: zeroing the image moves every real slice's output far outside
+    their tolerance, so an export whose encoder ignored or mangled the image would not match.
+    ``output``: the model's output on ``image`` when already computed."""
+    output = _dygraph(model, image, mask) if output is None else output
+    moved = np.abs(output - _dygraph(model, np.zeros_like(image), mask))[mask].max(axis=-1)
+    assert moved.min() > SENSITIVITY * atol, f"zeroing the image moves a slice's output by only {moved.min():.2e}"
 
 
 def _mask(batch, slices, real_of_last):
@@ -89,7 +136,9 @@ def test_whole_graph_with_paddle_inference_equals_dygraph(exported, batch, slice
     predictor.run()
     got = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
     assert got.shape == (batch, slices, len(LABELS))
-    np.testing.assert_allclose(got[mask], _dygraph(exported["model"], image, mask)[mask], rtol=0, atol=ATOL)
+    want = _dygraph(exported["model"], image, mask)
+    np.testing.assert_allclose(got[mask], want[mask], rtol=0, atol=ATOL)
+    _assert_image_matters(exported["model"], image, mask, ATOL, want)
 
 
 @pytest.mark.parametrize("batch,slices,real_of_last", CASES)
@@ -97,15 +146,16 @@ def test_exported_model_equals_dygraph(exported, batch, slices, real_of_last):
     """The wrapper predict uses (oneDNN encoder in chunks + head) on varying slice counts and padding."""
     model = ExportedModel(exported["save_dir"], threads=1, chunk_size=4)
     image, mask = _inputs(batch, slices, seed=100 + slices), _mask(batch, slices, real_of_last)
-    got = model(image, mask)
-    np.testing.assert_allclose(got[mask], _dygraph(exported["model"], image, mask)[mask], rtol=0, atol=ATOL)
+    got, want = model(image, mask), _dygraph(exported["model"], image, mask)
+    np.testing.assert_allclose(got[mask], want[mask], rtol=0, atol=ATOL)
+    _assert_image_matters(exported["model"], image, mask, ATOL, want)
     if real_of_last is not None:  # padding changes nothing: the short series alone gives the same
         alone = model(image[-1:, :real_of_last], mask[-1:, :real_of_last])
         np.testing.assert_allclose(got[-1, :real_of_last], alone[0], rtol=0, atol=ATOL)
 
 
 @pytest.mark.slow  # end to end / a second export
-def test_predict_with_export_equals_predict_with_checkpoint(exported, dicom_study):
+def test_predict_with_export_equals_predict_with_checkpoint(exported, dicom_study, no_html_report):
     root, study = exported["root"], dicom_study[0]
     runs = {}
     for name, model in (("ckpt", exported["checkpoint"]), ("export", exported["save_dir"])):
@@ -117,6 +167,7 @@ def test_predict_with_export_equals_predict_with_checkpoint(exported, dicom_stud
     a, b = runs["ckpt"], runs["export"]
     assert a.drop(columns=list(LABELS)).equals(b.drop(columns=list(LABELS)))
     np.testing.assert_allclose(a[list(LABELS)].to_numpy(), b[list(LABELS)].to_numpy(), rtol=0, atol=ATOL)
+    _assert_image_matters(exported["model"], _inputs(1, 4, seed=3), _mask(1, 4, None), ATOL)
     report = json.loads((root / "export" / "predictions.json").read_text())
     assert report["model_kind"] == "export"
 
@@ -132,7 +183,7 @@ HEAD_CASES = [("transformer", False), ("transformer", True), ("bigru", False), (
 
 @pytest.mark.slow
 @pytest.mark.parametrize("head,residual", HEAD_CASES)
-def test_every_head_exports_and_predicts_like_its_checkpoint(head, residual, dicom_study, tmp_path):
+def test_every_head_exports_and_predicts_like_its_checkpoint(head, residual, dicom_study, tmp_path, no_html_report):
     """``medseg.predict`` on the exported folder equals it on the checkpoint, and so does the
     single-graph export (``model.json``), residual slice logits included."""
     config = write_config(str(tmp_path / "model.yml"), HEADS[head] + f"  residual: {str(residual).lower()}\n")
@@ -155,7 +206,9 @@ def test_every_head_exports_and_predicts_like_its_checkpoint(head, residual, dic
     model.eval()
     image, mask = _inputs(2, 6, seed=5), _mask(2, 6, 4)
     whole = run_predictor(create_predictor(save_dir, "series"), image, mask)
-    np.testing.assert_allclose(whole[mask], _dygraph(model, image, mask)[mask], rtol=0, atol=1e-4)
+    want = _dygraph(model, image, mask)
+    np.testing.assert_allclose(whole[mask], want[mask], rtol=0, atol=1e-4)
+    _assert_image_matters(model, image, mask, 1e-4, want)
 
 
 def test_refuses_to_overwrite_a_folder_that_is_not_an_export(exported, tmp_path, capsys):
