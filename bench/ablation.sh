@@ -29,10 +29,14 @@
 # estimate — over the issue's ~30, because a shorter stage 1 or stage 2 left the heads no context.
 # RAW=DIR runs on an existing Kaggle-layout folder instead of generating cohorts (then the seeds
 # vary the patient split and training only).
-# Env: PYTHON, ABL_OUT, ABL_SEEDS, ABL_PROCS, ABL_SIZE, ABL_SLICES, ABL_SITES (default classic: one scanner; the demo mixes all five), ABL_PRETRAIN_CONFIG, ABL_CONFIG.
+# Training noise: ABL_TRAIN_SEED_OFFSET=k trains every arm (stage 1 included) with training seed
+# cohort seed + k on the same cohort and split (k = 0, the default, is the runs above); give it its
+# own ABL_OUT. ABL_ARMS (default all four) picks the stage-2 arms; no_context and transformer are required.
+# Env: PYTHON, ABL_OUT, ABL_SEEDS, ABL_PROCS, ABL_SIZE, ABL_SLICES, ABL_SITES (default classic: one scanner; the demo mixes all five), ABL_PRETRAIN_CONFIG, ABL_CONFIG, ABL_TRAIN_SEED_OFFSET, ABL_ARMS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
+"$PYTHON" bench/provenance.py  # commit, UTC time, CPU, cores, load, versions: what produced the numbers below
 FAIL=1
 case ${BENCH_NO_FAIL:-0} in ""|0) ;; *) FAIL=0 ;; esac
 [ "${1:-}" = "--no_fail" ] && FAIL=0
@@ -46,13 +50,21 @@ if [ -z "${ABL_SEEDS:-}" ]; then
   ABL_SEEDS=$("$PYTHON" -m medseg.data.cohort_seeds report 2>/dev/null || echo "101 102 103")
 fi
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-ARMS=(no_context transformer transformer_paper bigru)
+read -r -a ARMS <<< "${ABL_ARMS:-no_context transformer transformer_paper bigru}"
+OFFSET=${ABL_TRAIN_SEED_OFFSET:-0}
+[[ "$OFFSET" =~ ^[0-9]+$ ]] || { echo "ABL_TRAIN_SEED_OFFSET=$OFFSET: not a whole number" >&2; exit 2; }
+for required in no_context transformer; do  # every ratio is to no_context; the target is the transformer's
+  [[ " ${ARMS[*]} " == *" $required "* ]] || { echo "ABL_ARMS=${ARMS[*]}: $required is required" >&2; exit 2; }
+done
 declare -A HEAD=(
   [no_context]="{type: SliceMLPHead, feature_norm: true}"
   [transformer]="{type: TransformerSequenceHead, feature_norm: true, init_range: 0.03}"
   [transformer_paper]="{type: TransformerSequenceHead}"
   [bigru]="{type: BiGRUSequenceHead, feature_norm: true}"
 )
+for arm in "${ARMS[@]}"; do
+  [ -n "${HEAD[$arm]:-}" ] || { echo "ABL_ARMS: unknown arm $arm (known: ${!HEAD[*]})" >&2; exit 2; }
+done
 # Per-arm learning rate (chosen on a dev cohort's validation split, see the README's demo section): the
 # transformer trains at half the config's rate; the no-context MLP scored the same at both.
 declare -A LR_MULT=([no_context]=1.0 [transformer]=0.5 [transformer_paper]=1.0 [bigru]=1.0)
@@ -80,7 +92,7 @@ score() {  # dir name config extra-args...: infer best_model on the test split, 
 }
 
 stage1_stamp() {  # seed: what stage 1 of this seed depends on (an earlier run with the same stamp is reused)
-  printf 'seed=%s series=%s size=%s sites=%s slices=%s raw=%s procs=%s iters=%s config=%s sha=%s\n' "$1" \
+  printf 'seed=%s offset=%s series=%s size=%s sites=%s slices=%s raw=%s procs=%s iters=%s config=%s sha=%s\n' "$1" "$OFFSET" \
     "${ABL_SERIES:-300}" "${ABL_SIZE:-160}" "${ABL_SITES:-classic}" "${ABL_SLICES:-}" "${RAW:-}" "$PROCS" \
     "$PRETRAIN_ITERS" "$PRETRAIN_CONFIG" "$("$PYTHON" -c 'import sys; from medseg.config import Config; print(Config(sys.argv[1]).dump())' \
       "$PRETRAIN_CONFIG" | sha256sum | cut -c1-16)"
@@ -112,13 +124,13 @@ for seed in $ABL_SEEDS; do
       --val_fraction 0.2 --seed "$seed" > "$dir/prepare.log" 2>&1 || { tail -20 "$dir/prepare.log"; exit 1; }
 
     echo "== [$(( $(date +%s) - start ))s] seed $seed: stage 1 (slice_only), $PRETRAIN_ITERS iterations"
-    train "$dir" slice_only "$PRETRAIN_CONFIG" "$PRETRAIN_ITERS" "$seed"
+    train "$dir" slice_only "$PRETRAIN_CONFIG" "$PRETRAIN_ITERS" $((seed + OFFSET))
     echo "$stamp" > "$dir/stage1.done"
   fi
   printf '%s\tslice_only\t%s\n' "$seed" "$(score "$dir" slice_only "$PRETRAIN_CONFIG")" >> "$scores"
   for arm in "${ARMS[@]}"; do
     echo "== [$(( $(date +%s) - start ))s] seed $seed: stage 2 $arm ${HEAD[$arm]} (lr x ${LR_MULT[$arm]}), $ITERS iterations"
-    train "$dir" "$arm" "$CONFIG" "$ITERS" "$seed" -o "model.head=${HEAD[$arm]}" -o "model.head_lr_mult=${LR_MULT[$arm]}" \
+    train "$dir" "$arm" "$CONFIG" "$ITERS" $((seed + OFFSET)) -o "model.head=${HEAD[$arm]}" -o "model.head_lr_mult=${LR_MULT[$arm]}" \
       --pretrained "$dir/slice_only/best_model"
     printf '%s\t%s\t%s\n' "$seed" "$arm" "$(score "$dir" "$arm" "$CONFIG" -o "model.head=${HEAD[$arm]}")" >> "$scores"
   done

@@ -28,6 +28,7 @@ for arg in "$@"; do
   esac
 done
 PYTHON=${PYTHON:-.venv/bin/python}
+"$PYTHON" bench/provenance.py  # commit, UTC time, CPU, cores, load, versions: what produced the numbers below
 OUT=${OUT:-bench_output/external}
 HOLDOUT=${HOLDOUT:-sharp}
 TARGET=${TARGET:-0.6}

@@ -7,9 +7,11 @@ run by Paddle Inference. Each process loads the model once, then predicts the st
 times through ``medseg.predict.run.folder_results`` (header scan, decode, windows, crop,
 transforms, model). Prints a table; targets: ≤ 3 s per study, exported ≥ 1.5× faster than
 dygraph for the model part, peak RSS ≤ 3 GiB. Exits 1 when a target is missed (``--no_fail`` or
-``BENCH_NO_FAIL=1``: 0).
+``BENCH_NO_FAIL=1``: 0). The first line printed is the provenance (``bench/provenance.py``);
+``--toy`` (or ``BENCH_TOY=1``): a small study, one repetition, to check the bench runs (its
+numbers mean nothing).
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python bench/predict_bench.py [--slices 40] [--size 512] [--reps 3]
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python bench/predict_bench.py [--slices 40] [--size 512] [--reps 3] [--toy]
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import sys
 import tempfile
 import time
 
-from targets import finish, no_fail_default  # bench/targets.py (this script's folder is on sys.path)
+from provenance import provenance_line  # bench/*.py: this script's folder is on sys.path
+from targets import finish, no_fail_default, toy_default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "config", "demo_cpu.yml")
 TARGET_S, TARGET_SPEEDUP, TARGET_GIB = 3.0, 1.5, 3.0
+FULL = {"slices": 40, "size": 512, "reps": 3}
+TOY = {"slices": 6, "size": 64, "reps": 1}  # --toy / BENCH_TOY=1; a flag given wins
 
 
 def make_inputs(work: str, slices: int, size: int) -> dict[str, str]:
@@ -96,9 +101,11 @@ def run_worker(name: str, model_path: str, study: str, reps: int, threads: int, 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--slices", type=int, default=40)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--slices", type=int, help=f"default {FULL['slices']} (--toy {TOY['slices']})")
+    p.add_argument("--size", type=int, help=f"default {FULL['size']} (--toy {TOY['size']})")
+    p.add_argument("--reps", type=int, help=f"default {FULL['reps']} (--toy {TOY['reps']})")
+    p.add_argument("--toy", action="store_true", default=toy_default(),
+                   help="toy size (also BENCH_TOY=1): checks the bench runs, its numbers mean nothing")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no_fail", action="store_true", default=no_fail_default(), help="exit 0 even if a target is missed")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -108,6 +115,10 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(args.worker, args.study, args.reps, args.threads, args.probs)))
         return 0
+    print(provenance_line(), flush=True)
+    for key, value in (TOY if args.toy else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     import numpy as np
 
@@ -117,7 +128,8 @@ def main() -> int:
                 for name, key in (("dygraph", "checkpoint"), ("exported", "export"))}
         diff = float(np.abs(np.load(rows["dygraph"]["probs"]) - np.load(rows["exported"]["probs"])).max())
     speedup = rows["dygraph"]["model_s"] / rows["exported"]["model_s"]
-    print(f"predict, one {args.slices}-slice {args.size}² study, demo CNN ({CONFIG}), {args.threads} threads, median of {args.reps}")
+    print(f"predict, one {args.slices}-slice {args.size}² study, demo CNN ({CONFIG}), {args.threads} threads, median of {args.reps}"
+          + (" -- toy size: checks the bench runs, the numbers mean nothing" if args.toy else ""))
     print(f"{'backend':<10} {'load s':>7} {'read+prep s':>12} {'model s':>8} {'total s/study':>14} {'peak RSS GiB':>13}")
     for name, r in rows.items():
         print(f"{name:<10} {r['load_s']:7.2f} {r['read_s']:12.3f} {r['model_s']:8.3f} {r['total_s']:14.3f} {r['peak_gib']:13.2f}")

@@ -6,15 +6,20 @@ the same files with the same worker count:
 - ours: the whole ``prepare`` (header scan, labels, split, windows, crop, cache, meta CSVs), as
   run by default (cache files not fsynced) and with ``--fsync`` (every cache file on disk before
   its rename: the wait for the disk is in the time);
-- original: header scan to group/sort, then per series SimpleITK ``ReadImage(file list)``, three
-  uint8 windows with the same formula, ``np.savez_compressed`` (the truncated file is left out,
-  it would crash SimpleITK);
+- original: the released preprocess (PaddlePaddle/Research easymia, re-implemented faithfully in
+  ``bench/released_preprocess.py``): whole-file header reads, the sorted table, labels, split and
+  meta CSVs, then per series SimpleITK ``ReadImage(file list)``, three uint8 windows in float64
+  into one ``[S, H, W, 3]`` array, the series' nonzero box (exclusive max), ``np.savez_compressed``
+  (the truncated file is left out, the release would crash on it). ``tests/test_bench_scripts.py``
+  checks that it reproduces the release's array on a real GE head series;
 - floor: ``dcmread`` + ``pixel_array`` + ``apply_modality_lut`` per file, nothing written (the
   truncated file is left out here too).
 
-It also prints the peak RSS of a fresh worker process building one 80-slice series.
+It also prints the peak RSS of a fresh worker process building one 80-slice series (``--rss_slices``).
 Targets (wall time): ours >= 3x original, ours >= 0.6x floor, peak RSS < 1 GiB; exits 1 when one
-is missed (``--no_fail`` or ``BENCH_NO_FAIL=1``: 0).
+is missed (``--no_fail`` or ``BENCH_NO_FAIL=1``: 0). The first line printed is the provenance
+(``bench/provenance.py``). ``--toy`` (or ``BENCH_TOY=1``): a few tiny series, one repeat, a short
+RSS probe: seconds, to check the bench runs; its numbers mean nothing.
 
 Every run of every method is a cold start in a fresh process, so start-up counts alike on both
 sides: our fork server and its preload, the original's SimpleITK import in its workers, each
@@ -40,7 +45,6 @@ import threading
 import time
 from collections import defaultdict
 
-import numpy as np
 import psutil
 import pydicom
 from pydicom.pixels import apply_modality_lut
@@ -52,40 +56,20 @@ from medseg.data.synthetic import generate_cohort
 from medseg.dicom.validation import disable_value_validation
 from medseg.utils.logger import setup_logger
 
-from targets import finish, no_fail_default  # bench/targets.py (this script's folder is on sys.path)
+from provenance import provenance_line  # bench/*.py: this script's folder is on sys.path
+from released_preprocess import run_released
+from targets import finish, no_fail_default, toy_default
 
 METHODS = ("floor", "original", "ours", "ours_fsync")
+# size knobs: the full bench, and --toy (BENCH_TOY=1) for the smoke test; a flag given wins
+FULL = {"series": 20, "slices": 32, "size": 512, "repeats": 2, "rss_slices": 80}
+TOY = {"series": 6, "slices": 6, "size": 64, "repeats": 1, "rss_slices": 8}
 
 
 def _floor_one(path: str) -> int:
     with disable_value_validation():  # RSNA-style ids are not valid UIDs
         ds = pydicom.dcmread(path)
         return int(apply_modality_lut(ds.pixel_array, ds).size > 0)
-
-
-def _original_header(path: str):
-    try:
-        with disable_value_validation():
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            return ds.SeriesInstanceUID, float(ds.ImagePositionPatient[2]), path
-    except Exception:
-        return None
-
-
-def _original_series(task) -> int:
-    """The original method for one series: SimpleITK volume read, windows, compressed npz."""
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # one core per worker, like ours
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "non uniform sampling" where a file is left out
-    files, out_path = task
-    volume = sitk.GetArrayFromImage(sitk.ReadImage(files)).astype(np.float32)
-    channels = {}
-    for centre, width in DEFAULT_WINDOWS:
-        lo, hi = centre - width // 2, centre + width // 2
-        channels[f"w{centre}_{width}"] = np.clip((volume - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
-    np.savez_compressed(out_path, **channels)
-    return len(files)
 
 
 def _own_cpu_seconds() -> float:
@@ -140,16 +124,9 @@ def run_floor(files: list[str], workers: int) -> float:
     return time.perf_counter() - start
 
 
-def run_original(files: list[str], out: str, workers: int, skip: set[str]) -> float:
-    os.makedirs(out, exist_ok=True)
+def run_original(raw: str, out: str, workers: int, skip: set[str]) -> float:
     start = time.perf_counter()
-    with mp.get_context("fork").Pool(workers) as pool:
-        series = defaultdict(list)
-        for item in pool.imap_unordered(_original_header, files, chunksize=32):
-            if item is not None and item[2] not in skip:
-                series[item[0]].append(item[1:])
-        tasks = [([p for _, p in sorted(v)], os.path.join(out, f"{k}.npz")) for k, v in sorted(series.items())]
-        sum(pool.imap_unordered(_original_series, tasks))
+    run_released(raw, out, workers, skip)
     return time.perf_counter() - start
 
 
@@ -185,10 +162,10 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def peak_rss_80_slices(work: str, size: int) -> tuple[float, float, int]:
+def peak_rss(work: str, size: int, slices: int = 80) -> tuple[float, float, int]:
     """(peak RSS, RSS before the series, slices) in MiB of a fresh process building one series."""
-    raw = os.path.join(work, f"rss_{size}")
-    generate_cohort(raw, 2, seed=1, size=size, test_fraction=0.5, n_slices=80)
+    raw = os.path.join(work, f"rss_{slices}x{size}")
+    generate_cohort(raw, 2, seed=1, size=size, test_fraction=0.5, n_slices=slices)
     out = os.path.join(work, "rss_out")
     shutil.rmtree(out, ignore_errors=True)
     ctx = mp.get_context("spawn")
@@ -216,7 +193,7 @@ def run_method(name: str, raw: str, work: str, workers: int) -> dict[str, float]
     shutil.rmtree(out, ignore_errors=True)
     runs = {
         "floor": lambda: run_floor([f for f in files if f not in truncated], workers),
-        "original": lambda: run_original(files, out, workers, truncated),
+        "original": lambda: run_original(raw, out, workers, truncated),
         "ours": lambda: run_ours(raw, out, workers),
         "ours_fsync": lambda: run_ours(raw, out, workers, fsync=True),
     }
@@ -240,11 +217,16 @@ def cold_run(name: str, raw: str, args: argparse.Namespace) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--series", type=int, default=20)
-    parser.add_argument("--slices", type=int, default=32)
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--series", type=int, help=f"default {FULL['series']} (--toy {TOY['series']})")
+    parser.add_argument("--slices", type=int, help=f"default {FULL['slices']} (--toy {TOY['slices']})")
+    parser.add_argument("--size", type=int, help=f"default {FULL['size']} (--toy {TOY['size']})")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved cold runs of each method; the best counts")
+    parser.add_argument("--repeats", type=int, help="interleaved cold runs of each method; the best counts "
+                        f"(default {FULL['repeats']}, --toy {TOY['repeats']})")
+    parser.add_argument("--rss_slices", type=int, help=f"slices of the RSS probe's series (default {FULL['rss_slices']}, "
+                        f"--toy {TOY['rss_slices']})")
+    parser.add_argument("--toy", action="store_true", default=toy_default(),
+                        help="toy size (also BENCH_TOY=1): checks the bench runs, its numbers mean nothing")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "medseg_prepare_bench"),
                         help="folder for the generated set (kept and reused) and the outputs (deleted)")
     parser.add_argument("--no_fail", action="store_true", default=no_fail_default(), help="exit 0 even if a target is missed")
@@ -255,6 +237,10 @@ def main() -> int:
     if args.method:
         print(json.dumps(run_method(args.method, args.raw, args.work, args.workers)))
         return 0
+    print(provenance_line(), flush=True)
+    for key, value in (TOY if args.toy else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     raw = os.path.join(args.work, f"raw_{args.series}x{args.slices}_{args.size}")
     print(f"generating/reusing {args.series} series x {args.slices} slices at {args.size}^2 in {raw}", flush=True)
     cohort = generate_cohort(raw, args.series, seed=0, size=args.size, test_fraction=0.2, workers=args.workers, n_slices=args.slices)
@@ -274,12 +260,13 @@ def main() -> int:
             cpu[name].append(result["cpu"])
     seconds = {name: min(v) for name, v in wall.items()}
     cpu_seconds = {name: min(v) for name, v in cpu.items()}
-    rss, baseline, rss_slices = peak_rss_80_slices(args.work, args.size)
+    rss, baseline, rss_slices = peak_rss(args.work, args.size, args.rss_slices)
     print(f"\n{n} files ({args.series} series x {args.slices} slices, {args.size}x{args.size}), {args.workers} workers, "
-          f"best of {args.repeats} cold runs (each in a fresh process, start-up included for every method)")
+          f"best of {args.repeats} cold runs (each in a fresh process, start-up included for every method)"
+          + (" -- toy size: checks the bench runs, the numbers mean nothing" if args.toy else ""))
     print(f"{'method':<46}{'wall s':>8}{'slices/s':>10}{'CPU s':>8}{'slices/CPU s':>14}  all wall s")
     labels = {"ours": "ours (medseg.data.prepare, whole run)", "ours_fsync": "ours with --fsync",
-              "original": "original (SimpleITK + savez_compressed)", "floor": "floor (dcmread + pixel_array + modality LUT)"}
+              "original": "original (the released preprocess)", "floor": "floor (dcmread + pixel_array + modality LUT)"}
     for name in ("ours", "ours_fsync", "original", "floor"):
         print(f"{labels[name]:<46}{seconds[name]:>8.2f}{n / seconds[name]:>10.0f}{cpu_seconds[name]:>8.2f}"
               f"{n / cpu_seconds[name]:>14.0f}  {' '.join(f'{w:.2f}' for w in wall[name])}")

@@ -66,6 +66,7 @@ done
 if [ -n "${RAW:-}" ] && [ -d "$RAW" ]; then RAW=$(cd "$RAW" && pwd); fi  # before the cd below
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
+"$PYTHON" bench/provenance.py  # commit, UTC time, CPU, cores, load, versions: what produced the numbers below
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OUT=${SEMI_OUT:-bench_output/semi}
 DATA=$OUT/prepared             # rebuilt for each seed

@@ -1,7 +1,7 @@
 """Summary of ``bench/semi.sh``: each seed's scores, mean ± sd over seeds, the targets on the mean.
 
 Run from the repository root as ``python -m bench.semi_summary --out DIR --seeds S...`` (what
-``bench/semi.sh`` does).
+``bench/semi.sh`` does). Its output starts with the provenance line (``bench/provenance.py``).
 
 Reads ``<out>/seed_<S>/`` (or its runs, below) as the bench left it (``<arm>_<split>.csv``
 predictions, ``scored_on`` with one ``<split> <truth table>`` line per scored split, the
@@ -34,6 +34,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+from bench.provenance import provenance_line
 from bench.targets import finish, no_fail_default
 from medseg.constants import LABELS
 from medseg.engine.metrics import prior_baseline, weighted_log_loss
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", required=True)
     p.add_argument("--no_fail", action="store_true", default=no_fail_default())
     args = p.parse_args(argv)
+    print(provenance_line(), flush=True)  # the header: what produced these scores' summary
     try:
         scored = {seed: score_seed(os.path.join(args.out, f"seed_{seed}")) for seed in args.seeds}
         rows = {seed: mean for seed, (mean, _) in scored.items()}

@@ -1,4 +1,5 @@
-"""Target checks shared by the benches: print each target with its measured value, then the exit code.
+"""Conventions shared by the benches: target checks (each target with its measured value, then the
+exit code) and the toy-size switch.
 
 A bench that misses a target exits 1, so a script or CI can act on it; ``--no_fail`` (or
 ``BENCH_NO_FAIL=1`` in the environment) reports the same lines and exits 0, for exploring.
@@ -11,6 +12,12 @@ import os
 
 def no_fail_default() -> bool:
     return os.environ.get("BENCH_NO_FAIL", "0") not in ("", "0")
+
+
+def toy_default() -> bool:
+    """``BENCH_TOY=1`` (or a bench's ``--toy``): every ``*_bench.py`` at toy size, seconds instead of
+    minutes, to check that it runs end to end (the smoke tests); its timings mean nothing."""
+    return os.environ.get("BENCH_TOY", "0") not in ("", "0")
 
 
 def finish(checks: list[tuple[str, bool]], no_fail: bool = False) -> int:
