@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.requirements-installed
 export OMP_NUM_THREADS ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test test-fast venv bench clean
+.PHONY: demo test test-fast venv bench clean browser
 
 venv: $(STAMP)
 
@@ -22,8 +22,15 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	PYTHON=$(PYTHON) bash script/demo.sh
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PYTHON) -m pytest -q tests
+
+# Headless Debian chromium for tests/test_report_browser.py (slow-marked: test-fast does not need it).
+# Installed with apt-get when missing, which needs root; otherwise a clear error.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends chromium; \
+	  else echo "make browser: chromium is missing and installing it needs root: sudo apt-get install -y --no-install-recommends chromium" >&2; exit 1; fi; }
 
 # Everything but the tests marked slow (multi-process, end-to-end, full-size models): under a minute.
 test-fast: $(STAMP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from medseg.config import Config
 from medseg.constants import DEFAULT_WINDOWS, LABELS, TEST_DIR
 from medseg.outputs.predictions import read_predictions
 from medseg.predict.__main__ import main as predict_main
+from medseg.predict.saliency import shown_slices
 from tests.predict_fixtures import SYNTH_SLICES, tree_state, write_checkpoint, write_config, write_strays, write_study
 
 pytestmark = pytest.mark.slow  # end to end: DICOM folder -> predictions and report
@@ -53,17 +55,24 @@ def test_predicts_every_ct_slice_and_skips_strays(setup):
     assert list(synth["slice_idx"]) == list(range(SYNTH_SLICES))
     assert np.all(np.diff(synth["position"].to_numpy()) < 0)  # head to foot, whatever the file names
 
-    skipped = pd.read_csv(out / "skipped.csv")
+    skipped = pd.read_csv(out / "skipped.csv", keep_default_na=False)
+    assert list(skipped.columns) == ["file", "series_id", "reason"]
     reasons = dict(zip(skipped["file"], skipped["reason"]))
     assert set(reasons) == set(expected["strays"])
     assert "not a DICOM file" in reasons["notes.txt"]
     assert "empty file" in reasons["misc/empty"]
     assert "Modality is 'MR'" in reasons["misc/mr_slice.dcm"]
+    mr_series = dict(zip(skipped["file"], skipped["series_id"]))["misc/mr_slice.dcm"]
+    assert mr_series and dict(zip(skipped["file"], skipped["series_id"]))["notes.txt"] == ""
 
     report = json.loads((out / "predictions.json").read_text())
     assert report["threshold"] == 0.5 and report["labels"] == list(LABELS)
-    by_series = {s["series_id"]: s for s in report["series"]}
-    assert set(by_series) == set(frame["series_id"])
+    listed = {s["series_id"]: s for s in report["series"]}  # every series found, predicted or not
+    assert not listed[mr_series]["predicted"] and "Modality is 'MR'" in listed[mr_series]["reason"]
+    by_series = {k: s for k, s in listed.items() if s["predicted"]}
+    assert set(by_series) == set(frame["series_id"]) and set(listed) == set(by_series) | {mr_series}
+    for entry in by_series.values():  # a single real slice is predicted, with a note that says so
+        assert entry["reason"] == "" and (entry["n_slices"] > 1 or any("short series" in n for n in entry["notes"]))
     for series_id, rows in frame.groupby("series_id"):
         entry = by_series[series_id]
         assert entry["n_slices"] == len(rows) == len(entry["slices"])
@@ -76,8 +85,24 @@ def test_predicts_every_ct_slice_and_skips_strays(setup):
     pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
     assert len(pngs) == len(by_series)
     for name in pngs:
-        assert f'src="{name}"' in html and (out / name).stat().st_size > 1000
+        assert (out / name).stat().st_size > 1000
     assert "notes.txt" in html
+    # Self-contained: every image inline; per predicted series its section, the strip, and each large
+    # slice twice (window, Grad-CAM overlay); the MR series' row says why it was not predicted.
+    sources = re.findall(r'<img [^>]*src="([^"]*)"', html)
+    assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
+    large = sum(len(shown_slices(rows[list(LABELS)].to_numpy(), 0.5)[0]) for _, rows in frame.groupby("series_id"))
+    assert html.count('alt="slice ') == html.count('alt="saliency on slice ') == large
+    assert len(sources) == len(by_series) + 2 * large and html.count('<section class="series" id="series-') == len(by_series)
+    assert "Modality is &#x27;MR&#x27;" in html
+
+
+def test_report_without_saliency(setup, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(setup, out, "--no_saliency") == 0
+    html = (out / "report.html").read_text()
+    assert 'alt="slice ' in html and 'alt="saliency on slice ' not in html
+    assert "no saliency: turned off (--no_saliency)" in html
 
 
 def test_same_input_as_the_validation_pipeline(setup, tmp_path):
@@ -91,7 +116,8 @@ def test_same_input_as_the_validation_pipeline(setup, tmp_path):
     from medseg.data.synthetic.dicom_writer import write_series
     from medseg.predict.discover import list_files, scan_headers
     from medseg.data.build import build_eval_transforms, eval_transform_config
-    from medseg.predict.study import assemble_series, load_series, unique_slice_ids
+    from medseg.predict.study import load_series, unique_slice_ids
+    from medseg.predict.triage import triage_folder
     from medseg.registry import TRANSFORMS, build
 
     raw = tmp_path / "raw"
@@ -103,9 +129,10 @@ def test_same_input_as_the_validation_pipeline(setup, tmp_path):
     dataset = RSNASeriesDataset(str(tmp_path / "prepared"), "test", build(spec, TRANSFORMS, "t"))
     item = dataset[0]
 
-    headers, skipped = scan_headers(list_files(str(raw)), str(raw), progress=False)
-    series, misfits = assemble_series(headers, str(raw))
-    assert not skipped and not misfits and len(series) == 1
+    headers, errors = scan_headers(list_files(str(raw)), progress=False)
+    triage = triage_folder(headers, errors, str(raw))
+    series = triage.series
+    assert not errors and not triage.skipped and len(series) == 1
     loaded, bad = load_series(series[0], str(raw), DEFAULT_WINDOWS, build_eval_transforms(spec), unique_slice_ids(series, str(raw)))
     assert not bad
     assert loaded.slice_ids == item["slice_ids"]
@@ -138,9 +165,18 @@ def test_output_inside_the_dicom_folder_is_not_read_back(setup, tmp_path):
     slice ids that repeat across folders (IM0001 in every series) stay unique."""
     import shutil
 
+    import pydicom
+    from pydicom.uid import generate_uid
+
     folder = tmp_path / "dicom"
     shutil.copytree(os.path.join(setup["study"], "other"), folder / "a")
-    shutil.copytree(os.path.join(setup["study"], "other"), folder / "b")  # same stems, same UIDs
+    shutil.copytree(os.path.join(setup["study"], "other"), folder / "b")  # same stems...
+    for path in sorted((folder / "b").rglob("*")):
+        if path.is_file():  # ...other images: one file per SOPInstanceUID is kept (tests/test_triage.py)
+            ds = pydicom.dcmread(path)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
+            ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(path), "series"])
+            ds.save_as(path)
     out = folder / "results"
     for _ in range(2):
         assert _predict(setup, out, "--batch_size", "2", dicom_dir=str(folder)) == 0

@@ -33,10 +33,11 @@ from medseg.data.crop import CROP_MODES, DEFAULT_CROP, check_crop_mode
 from medseg.data.meta import MANIFEST, META_SUFFIX, PREPARED_TAGS, manifest_path, read_manifest
 from medseg.data.prepare_tables import ERRORS_CSV, manifest, meta_table, split_tables, write_tables
 from medseg.data.records import ErrorRow, SeriesRecord
-from medseg.data.scan import collect_headers, list_dicom_files, plan_tasks, scan_header
+from medseg.data.scan import TRIAGE_KIND, collect_headers, list_dicom_files, plan_tasks, scan_header
 from medseg.data.series_volume import process_series
 from medseg.data.windows import Window, format_windows, parse_windows
 from medseg.dicom.header import SliceHeader
+from medseg.predict.triage import rule_of
 from medseg.utils.cli import ArgumentParser, run_cli
 from medseg.utils.logger import get_logger
 from medseg.utils.pool import default_workers, parallel_map, worker_pool
@@ -52,6 +53,7 @@ class PrepareSummary:
     errors: Counter = field(default_factory=Counter)
     mismatch: MismatchReport | None = None
     reused: int = 0
+    triaged: Counter = field(default_factory=Counter)  # series left out by series triage, per rule
 
     def count(self, tables: dict[str, pd.DataFrame]) -> None:
         """Series, slices and label prevalence of each split's meta table."""
@@ -69,6 +71,8 @@ class PrepareSummary:
         lines.append(f"errors: {sum(self.errors.values())} files (details in prepare_errors.csv)" + "".join(f"\n  {n:>6}  {kind}" for kind, n in sorted(self.errors.items())))
         if self.mismatch is not None:
             lines.append(f"labels vs files: {self.mismatch.summary()}")
+        lines.append(f"series left out by triage (localizers, secondary captures, reports): {sum(self.triaged.values())}"
+                     + "".join(f"\n  {n:>6}  {rule}" for rule, n in sorted(self.triaged.items())))
         lines.append(f"series reused from an earlier run: {self.reused}")
         return "\n".join(lines)
 
@@ -171,6 +175,7 @@ def prepare(
         errors = sorted(set(errors))
         write_tables(dataset_root, tables, errors, wanted)
     summary.errors = Counter(e.kind for e in errors)
+    summary.triaged = Counter(rule for _, rule in {(e.series_id, rule_of(e.reason)) for e in errors if e.kind == TRIAGE_KIND})
     return summary
 
 

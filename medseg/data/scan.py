@@ -18,6 +18,9 @@ from medseg.data.series_volume import SeriesTask
 from medseg.dicom.errors import DicomReadError
 from medseg.dicom.header import SliceHeader, read_header
 from medseg.dicom.series import Series, group_series
+from medseg.predict.triage import training_triage
+
+TRIAGE_KIND = "SeriesTriage"  # the error kind of a file left out by series triage (localizer, secondary capture, ...)
 
 def list_dicom_files(raw_root: str) -> dict[str, list[str]]:
     """``{"train": [...], "test": [...]}`` absolute paths under the Kaggle stage folders."""
@@ -93,12 +96,16 @@ def task_for(series: Series, raw_root: str, crop: str = DEFAULT_CROP) -> SeriesT
 def plan_tasks(headers: dict[str, list[SliceHeader]], raw_root: str,
                crop: str = DEFAULT_CROP) -> tuple[list[tuple[str, SeriesTask]], list[ErrorRow]]:
     """Assemble series per split: ``([(split, task)], errors)``, one task per series, each with
-    its own cache name (slices ordered as ``crop`` asks: :func:`task_for`)."""
+    its own cache name (slices ordered as ``crop`` asks: :func:`task_for`). Localizers, secondary
+    captures and structured reports are left out first (:func:`medseg.predict.triage.training_triage`),
+    each file an error row of kind :data:`TRIAGE_KIND`."""
     tasks: list[tuple[str, SeriesTask]] = []
     errors: list[ErrorRow] = []
     taken: set[str] = set()
     for split in ("train", "test"):  # an id in both splits is kept in train
-        series_list, assembly_errors = group_series(headers.get(split, []))
+        kept, excluded = training_triage(headers.get(split, []))
+        errors.extend(ErrorRow(relative_path(h.path, raw_root), h.series_id, reason, TRIAGE_KIND) for h, reason in excluded)
+        series_list, assembly_errors = group_series(kept)
         series_of = {h.path: h.series_id for h in headers.get(split, [])}
         errors.extend(ErrorRow.from_error(e, raw_root, series_of.get(e.path, "")) for e in assembly_errors)
         for series in series_list:

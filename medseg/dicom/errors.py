@@ -12,9 +12,13 @@ class DicomReadError(Exception):
         self.path = str(path)
         self.reason = reason
         self.series_id = series_id  # when known: the series the file claims to belong to
+        # When the header was parsed: its StudyInstanceUID and the values series triage reads
+        # (medseg.dicom.header.ImageTags), so a file rejected here still counts for its series.
+        self.study_id = ""
+        self.tags = None
 
     def __reduce__(self):  # keep the fields when the error crosses a process boundary
-        return (type(self), (self.path, self.reason, self.series_id))
+        return (type(self), (self.path, self.reason, self.series_id), {"study_id": self.study_id, "tags": self.tags})
 
 
 class NotDicomError(DicomReadError):

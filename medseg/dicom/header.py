@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import pydicom
@@ -37,6 +38,53 @@ from medseg.dicom.validation import convert_elements, disable_value_validation
 
 # Values longer than this are skipped by the pydicom scan, their offset kept (PixelData, in practice).
 DEFER_BYTES = 256
+# Transfer syntaxes whose pixel data may have lost information: JPEG baseline/extended,
+# JPEG-LS near-lossless, JPEG 2000 and HTJ2K "may be lossy", the MPEG/HEVC video syntaxes.
+LOSSY_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.203", *(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)),
+})
+# The identifiers a slice is grouped by: required by prepare (the patient split needs them),
+# replaced by placeholders in predict (``read_header(..., lenient=True)``).
+ID_KEYWORDS = (("series_id", "SeriesInstanceUID"), ("study_id", "StudyInstanceUID"), ("patient_id", "PatientID"))
+
+
+@dataclass(frozen=True, slots=True)
+class ImageTags:
+    """What series triage (:mod:`medseg.predict.triage`) reads besides geometry: what kind of
+    image this is and how it was reconstructed. Mostly constant within a series, so instances
+    are shared between slices (:func:`image_tags`)."""
+
+    sop_class: str = ""
+    image_type: tuple[str, ...] = ()  # upper case, stripped: ("ORIGINAL", "PRIMARY", "AXIAL")
+    description: str = ""  # SeriesDescription
+    kernel: str = ""  # ConvolutionKernel, values joined by "\\"
+    gantry_tilt: float | None = None  # GantryDetectorTilt, degrees
+    lossy: bool = False  # lossy transfer syntax or LossyImageCompression "01"
+
+
+def _text(value: Any) -> tuple[str, ...]:
+    """A (possibly multi-valued) text element as stripped strings; () when absent."""
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return tuple(str(v).strip() for v in value)
+    return tuple(part.strip() for part in str(value).split("\\"))
+
+
+@lru_cache(maxsize=4096)
+def _shared_tags(*values: Any) -> ImageTags:
+    return ImageTags(*values)
+
+
+def image_tags(values: HeaderValues, tsyntax: str) -> ImageTags:
+    """The :class:`ImageTags` of one parsed header (one shared instance per distinct value set)."""
+    lossy = tsyntax in LOSSY_SYNTAXES or str(values.get("LossyImageCompression", "") or "").strip() == "01"
+    kernel = "\\".join(v for v in _text(values.get("ConvolutionKernel")) if v)
+    return _shared_tags(str(values.get("SOPClassUID", "") or "").strip(),
+                        tuple(v.upper() for v in _text(values.get("ImageType"))),
+                        str(values.get("SeriesDescription", "") or "").strip(), kernel,
+                        first_value(values.get("GantryDetectorTilt")), lossy)
 
 
 @dataclass(frozen=True, slots=True)  # slots: ~750k of these live in the parent during a real run
@@ -60,6 +108,9 @@ class SliceHeader:
     modality: ModalityParams = ModalityParams()  # stored value → HU
     layout: WordLayout | None = None  # set with pixel_offset: how to read the native pixel words
     pixel_offset: int | None = None  # file offset of native PixelData; None → decode with pydicom
+    sop_instance_uid: str = ""  # "" when absent
+    tags: ImageTags = ImageTags()
+    missing: tuple[str, ...] = ()  # identifiers absent from a leniently read header (ids left "")
 
 
 def first_value(value: Any) -> float | None:
@@ -170,34 +221,48 @@ def locate_pixels(values: HeaderValues, path: str, tsyntax: str, length: int, of
     return offset, word_layout(values)
 
 
-def read_header(path: str) -> SliceHeader:
-    """Scan one file's header; raise a :class:`DicomReadError` subclass if it is unusable."""
+def read_header(path: str, lenient: bool = False) -> SliceHeader:
+    """Scan one file's header; raise a :class:`DicomReadError` subclass if it is unusable.
+
+    ``lenient``: a missing SeriesInstanceUID, StudyInstanceUID or PatientID is no error (the id
+    is left "" and named in ``missing``): prediction needs pixels, geometry and rescale only,
+    training needs the ids for its patient split."""
     path = str(path)
     plain = scan_plain(path)
     if plain is not None:
-        return _slice_header(path, plain.values, plain.transfer_syntax, lambda: (plain.pixel_length, plain.pixel_offset, plain.file_size))
+        return _slice_header(path, plain.values, plain.transfer_syntax, lambda: (plain.pixel_length, plain.pixel_offset, plain.file_size),
+                             lenient)
     ds = read_dataset(path, stop_before_pixels=False, defer_size=DEFER_BYTES)
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    return _slice_header(path, ds, tsyntax, lambda: _pydicom_pixels(ds, path))
+    return _slice_header(path, ds, tsyntax, lambda: _pydicom_pixels(ds, path), lenient)
 
 
-def _slice_header(path: str, values: HeaderValues, tsyntax: str, pixel_data: Callable[[], tuple[int, int | None, int]]) -> SliceHeader:
+def _slice_header(path: str, values: HeaderValues, tsyntax: str, pixel_data: Callable[[], tuple[int, int | None, int]],
+                  lenient: bool = False) -> SliceHeader:
     """Check one parsed header and build its SliceHeader; ``pixel_data`` gives PixelData's
     ``(length, offset, file size)`` (or raises) once the slice is known to be CT. The plain scan
     already knows the size: no second stat per file."""
     series_id = str(values.get("SeriesInstanceUID", "") or "").strip()
+    ids, missing = {}, []
     try:
         check_ct_slice(values, path)
         offset, layout = locate_pixels(values, path, tsyntax, *pixel_data())
-        ids = {}
-        for field, keyword in (("series_id", "SeriesInstanceUID"), ("study_id", "StudyInstanceUID"), ("patient_id", "PatientID")):
+        for field, keyword in ID_KEYWORDS:
             value = str(values.get(keyword, "") or "").strip()
             if not value:
-                raise MissingTagError(path, f"{keyword} missing")
+                if not lenient:
+                    raise MissingTagError(path, f"{keyword} missing")
+                missing.append(keyword)
             ids[field] = value
     except DicomReadError as exc:
         exc.series_id = series_id
+        exc.study_id = str(values.get("StudyInstanceUID", "") or "").strip()
+        exc.tags = image_tags(values, tsyntax)
         raise
+    slice_id = os.path.splitext(os.path.basename(path))[0]
+    sop = str(values.get("SOPInstanceUID", "") or "").strip()
+    if sop == slice_id:  # the RSNA naming: share the string, ~750k of them live in prepare's parent
+        sop = slice_id
     instance = values.get("InstanceNumber")
     try:
         instance = int(instance) if instance not in (None, "") else None
@@ -205,7 +270,7 @@ def _slice_header(path: str, values: HeaderValues, tsyntax: str, pixel_data: Cal
         instance = None
     return SliceHeader(
         path=path,
-        slice_id=os.path.splitext(os.path.basename(path))[0],
+        slice_id=slice_id,
         rows=int(values.get("Rows")),
         cols=int(values.get("Columns")),
         position=_floats(values.get("ImagePositionPatient"), 3),
@@ -218,5 +283,8 @@ def _slice_header(path: str, values: HeaderValues, tsyntax: str, pixel_data: Cal
         modality=modality_params(values),
         layout=layout,
         pixel_offset=offset,
+        sop_instance_uid=sop,
+        tags=image_tags(values, tsyntax),
+        missing=tuple(missing),
         **ids,
     )

@@ -10,7 +10,7 @@ each value is exactly what ``Dataset.get`` returns.
 Anything outside that plain case returns None and the caller reads the file with pydicom, which
 then also names any error: no DICM prefix, compressed or big-endian syntax, a dataset encoded
 unlike its syntax says, undefined lengths, an unknown VR, a needed element stored as "UN" or
-"SQ", non-ASCII text (its decoding depends on the character set), a repeated or unconvertible value,
+"SQ", non-ASCII text (its decoding depends on the character set; in any text VR), a repeated or unconvertible value,
 no PixelData, PixelData running past the end of the file or followed by more elements, a header
 longer than 16 KB.
 """
@@ -44,6 +44,9 @@ KEYWORDS = (
     "ImagePositionPatient", "ImageOrientationPatient", "SamplesPerPixel", "PhotometricInterpretation",
     "NumberOfFrames", "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation",
     "PixelPaddingValue", "PixelPaddingRangeLimit", "WindowCenter", "WindowWidth", "RescaleIntercept", "RescaleSlope",
+    # series triage (medseg.dicom.header.ImageTags) and duplicate detection
+    "SOPClassUID", "SOPInstanceUID", "ImageType", "SeriesDescription", "ConvolutionKernel", "GantryDetectorTilt",
+    "LossyImageCompression",
 )
 _WANTED = {tag: (keyword, dictionary_VR(tag)) for keyword in KEYWORDS for tag in [tag_for_keyword(keyword)]}
 _VALID_VRS = frozenset(vr.value.encode() for vr in VR if len(vr.value) == 2)
@@ -53,6 +56,10 @@ _IMPLICIT = struct.Struct("<HHL")
 _UINT32 = struct.Struct("<L")
 _UNDEFINED = 0xFFFFFFFF
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+_ASCII = re.compile(rb"[\x00-\x7f]*")
+# Text VRs outside the character-set ones: pydicom reads a non-ASCII byte in them (invalid, but
+# seen in damaged files) by the dataset's character set when plain conversion fails.
+_ASCII_TEXT_VRS = frozenset({VR.AE, VR.AS, VR.CS, VR.DA, VR.DS, VR.DT, VR.IS, VR.TM, VR.UI, VR.UR})
 
 
 class _NotPlain(Exception):
@@ -98,6 +105,8 @@ def _value(buf: bytes, vr: str, length: int, offset: int) -> Any:
     if vr in (VR.UN, VR.SQ) or (vr in CUSTOMIZABLE_CHARSET_VR and not _PRINTABLE.fullmatch(buf, offset, offset + length)):
         # pydicom replaces UN by the dictionary VR; a sequence is a nested dataset; text decoding
         # depends on the character set
+        raise _NotPlain
+    if vr in _ASCII_TEXT_VRS and not _ASCII.fullmatch(buf, offset, offset + length):
         raise _NotPlain
     return _convert(vr, buf[offset : offset + length])
 

@@ -58,7 +58,8 @@ def _majority_shape(slices: list[SliceHeader]) -> tuple[int, int]:
     return max(counts, key=lambda shape: (counts[shape], shape))
 
 
-def _majority_normal(slices: list[SliceHeader]) -> np.ndarray | None:
+def majority_normal(slices: list[SliceHeader]) -> np.ndarray | None:
+    """The head-pointing normal of the most common orientation (None if it is degenerate)."""
     orientations = Counter(s.orientation for s in slices)
     try:
         return slice_normal(max(orientations, key=lambda o: (orientations[o], o)))
@@ -105,7 +106,7 @@ def build_series(series_id: str, slices: list[SliceHeader]) -> tuple[Series | No
         else:
             kept.append(s)
     located = [s for s in kept if s.position is not None and s.orientation is not None]
-    normal = _majority_normal(located) if located else None
+    normal = majority_normal(located) if located else None
     if normal is not None:
         for s in kept:
             if s.position is None or s.orientation is None:

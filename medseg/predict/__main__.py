@@ -34,6 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads of an exported model (default: OMP_NUM_THREADS or all cores)")
     p.add_argument("--windows", default=None, help="CENTRE/WIDTH,... as given to prepare (default: prepare's)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--slab_mm", type=float, default=None,
+                   help="average thin series into slabs of about this many mm before the model (e.g. 5, the RSNA "
+                        "slice thickness; off by default): one output row per slab, naming its source files")
+    p.add_argument("--min_slices", type=int, default=1,
+                   help="leave out series with fewer slices (default 1: a single head slice is predicted, with a note)")
+    p.add_argument("--no_saliency", action="store_true",
+                   help="no Grad-CAM maps on the report's large slices (they cost a forward and a backward pass per series)")
     return p.parse_args(argv)
 
 
@@ -51,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             config = os.path.join(args.model, "config.yml")
         threads = args.threads or int(_ENV_THREADS or os.cpu_count() or 1)
         summary = run_predict(Config(config, args.overrides), args.model, args.dicom_dir, args.out, args.threshold,
-                              args.batch_size, args.chunk_size, threads, args.windows, progress=not args.no_progress)
+                              args.batch_size, args.chunk_size, threads, args.windows, progress=not args.no_progress,
+                              saliency=not args.no_saliency, slab_mm=args.slab_mm, min_slices=args.min_slices)
         print(summary.format())
 
     return run_cli(job)

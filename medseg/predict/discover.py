@@ -18,10 +18,12 @@ from medseg.dicom.header import SliceHeader, read_header
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file left out of the prediction; ``file`` is relative to the DICOM folder."""
+    """A file left out of the prediction; ``file`` is relative to the DICOM folder, ``series_id``
+    the series its header names ("" when unknown)."""
 
     file: str
     reason: str
+    series_id: str = ""
 
 
 def list_files(root: str, exclude: tuple[str, ...] = ()) -> list[str]:
@@ -36,19 +38,16 @@ def list_files(root: str, exclude: tuple[str, ...] = ()) -> list[str]:
     return sorted(found)
 
 
-def _reason(exc: DicomReadError) -> str:
-    """The error's reason without the path (the file column already says which file)."""
-    return f"{type(exc).__name__}: {exc.reason}"
-
-
-def scan_headers(paths: list[str], root: str, progress: bool = True) -> tuple[list[SliceHeader], list[Skipped]]:
-    """Read each file's header; CT slices come back as headers, everything else as :class:`Skipped`."""
-    headers, skipped = [], []
+def scan_headers(paths: list[str], progress: bool = True) -> tuple[list[SliceHeader], list[DicomReadError]]:
+    """Read each file's header leniently (missing identifiers are left to placeholders, see
+    :func:`medseg.predict.triage.with_placeholders`); CT slices come back as headers, every other
+    file as the error saying why (its ``series_id`` and ``tags`` set when the header was parsed)."""
+    headers, errors = [], []
     for path in tqdm(paths, desc="scan", unit="file", disable=not progress, leave=False):
         try:
-            headers.append(read_header(path))
+            headers.append(read_header(path, lenient=True))
         except DicomReadError as exc:
-            skipped.append(Skipped(os.path.relpath(path, root), _reason(exc)))
+            errors.append(exc)
         except Exception as exc:  # one odd file must not stop the study; say what happened
-            skipped.append(Skipped(os.path.relpath(path, root), f"unexpected {type(exc).__name__}: {exc}"))
-    return headers, skipped
+            errors.append(DicomReadError(path, f"unexpected {type(exc).__name__}: {exc}"))
+    return headers, errors

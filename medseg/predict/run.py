@@ -1,6 +1,7 @@
 """``run_predict``: a DICOM folder → predictions.csv, predictions.json, skipped.csv, report.html.
 
-Series are read, preprocessed and predicted ``batch_size`` at a time (padded with the mask like
+Every series found goes through triage first (:mod:`medseg.predict.triage`): only axial CT
+series are predicted, every other file is named in skipped.csv with its reason. Series are read, preprocessed and predicted ``batch_size`` at a time (padded with the mask like
 training batches), so memory holds one batch of images, not the whole study. Everything is
 written below ``out_dir``; the output folder is never scanned as input even if it lies inside
 the DICOM folder.
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -26,15 +27,17 @@ from medseg.export.meta import read_meta
 from medseg.predict.backend import load_model, model_kind
 from medseg.predict.discover import Skipped, list_files, scan_headers
 from medseg.predict.report_html import write_report
-from medseg.predict.study import SeriesInput, assemble_series, load_series, unique_slice_ids
+from medseg.predict.saliency import ReportViews
+from medseg.predict.study import SeriesInput, load_series, unique_slice_ids
 from medseg.predict.tables import SeriesResult, output_paths, write_predictions_csv, write_predictions_json, write_skipped
+from medseg.predict.triage import SeriesInfo, triage_folder
 from medseg.utils.logger import get_logger
 
 logger = get_logger("predict")
 
 
 class NothingReadableError(ValueError):
-    """The folder holds no CT slice that could be read; the message says where to look."""
+    """The folder holds no series to predict; the message says where to look."""
 
 
 @dataclass
@@ -46,11 +49,25 @@ class PredictSummary:
     skipped: int
     flagged_series: int
     seconds: dict[str, float] = field(default_factory=dict)
+    not_predicted: int = 0  # series found but not predicted (reasons in skipped.csv)
 
     def format(self) -> str:
         times = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
         return (f"{self.series} series, {self.slices} slices predicted from {self.files} files; {self.skipped} skipped; "
+                f"{self.not_predicted} series not predicted; "
                 f"{self.flagged_series} series with a slice at or above the threshold ({times}) → {self.out_dir}")
+
+
+@dataclass
+class FolderRun:
+    """What :func:`predict_folder` found: the files looked at, the predicted series, the files
+    left out, every series' triage record (predicted or not) and seconds per stage."""
+
+    files: list[str]
+    results: list[SeriesResult]
+    skipped: list[Skipped]
+    series_info: list[SeriesInfo]
+    seconds: dict[str, float]
 
 
 def resolve_windows(model_path: str, windows: str | None) -> tuple[Window, ...]:
@@ -95,55 +112,87 @@ def batch_probabilities(model, inputs: list[SeriesInput]) -> list[np.ndarray]:
     return [s.from_model_order(probs[b, :len(s.slice_ids)].astype(np.float64)) for b, s in enumerate(inputs)]
 
 
-def folder_results(model, root: str, transforms, windows: tuple[Window, ...], batch_size: int = 1,
+def predict_folder(model, root: str, transforms, windows: tuple[Window, ...], batch_size: int = 1,
                    exclude: tuple[str, ...] = (), progress: bool = True, crop: str = DEFAULT_CROP,
-                   ) -> tuple[list[str], list[SeriesResult], list[Skipped], dict[str, float]]:
-    """Discover, read, preprocess (``crop`` mode: :func:`eval_crop_mode`) and predict every CT
-    series under ``root`` (nothing is written).
-
-    Returns ``(files looked at, results, skipped files, seconds per stage)``.
+                   on_series: Callable[[SeriesInput, np.ndarray], None] | None = None,
+                   slab_mm: float | None = None, min_slices: int = 1) -> FolderRun:
+    """Discover, triage, read, preprocess (``crop`` mode: :func:`eval_crop_mode`) and predict every
+    series under ``root`` that triage keeps (nothing is written). ``on_series(input,
+    probabilities)`` is called per predicted series, in the order of the results, while its model
+    input is in memory (the report's large slices and saliency maps:
+    :class:`medseg.predict.saliency.ReportViews`). ``slab_mm``: average thin series into slabs of
+    about that many mm; ``min_slices``: leave out series with fewer slices.
     """
     seconds = {"scan": 0.0, "read": 0.0, "preprocess": 0.0, "model": 0.0}
     tic = time.perf_counter()
     files = list_files(root, exclude=exclude)
-    headers, skipped = scan_headers(files, root, progress)
-    series, misfits = assemble_series(headers, root)
-    skipped += misfits
-    slice_ids = unique_slice_ids(series, root)
+    headers, errors = scan_headers(files, progress)
+    triage = triage_folder(headers, errors, root, min_slices)
+    skipped, info = list(triage.skipped), triage.info
+    slice_ids = unique_slice_ids(triage.series, root)
     seconds["scan"] = time.perf_counter() - tic
 
     results: list[SeriesResult] = []
-    bar = tqdm(total=len(series), desc="predict", unit="series", disable=not progress, leave=False)
-    for group in _batches(series, batch_size):
+    bar = tqdm(total=len(triage.series), desc="predict", unit="series", disable=not progress, leave=False)
+    for group in _batches(triage.series, batch_size):
         inputs = []
         for item in group:
-            loaded, bad = load_series(item, root, windows, transforms, slice_ids, crop)
+            loaded, bad = load_series(item, root, windows, transforms, slice_ids, crop, slab_mm)
             skipped += bad
-            if loaded is not None:
-                inputs.append(loaded)
-                seconds["read"] += loaded.seconds["read"]
-                seconds["preprocess"] += loaded.seconds["preprocess"]
+            entry = info[item.series_id]
+            if loaded is None:
+                info[item.series_id] = replace(entry, predicted=False, reason="no slice could be decoded (reasons in skipped.csv)")
+                continue
+            if bad:
+                entry.notes.append(f"{len(bad)} slice(s) could not be decoded (skipped.csv)")
+            if loaded.sources is not None:
+                sizes = sorted({len(g) for g in loaded.sources})
+                each = f"{sizes[0]}-{sizes[-1]}" if len(sizes) > 1 else f"{sizes[0]}"
+                entry.notes.append(f"averaged into {len(loaded.sources)} slabs of ~{slab_mm:g} mm ({each} slices each)")
+            loaded.notes = list(entry.notes)
+            inputs.append(loaded)
+            seconds["read"] += loaded.seconds["read"]
+            seconds["preprocess"] += loaded.seconds["preprocess"]
         if inputs:
             tic = time.perf_counter()
             probs = batch_probabilities(model, inputs)
             seconds["model"] += time.perf_counter() - tic
             results += [SeriesResult(s.series_id, s.study_id, s.patient_id, s.files, s.slice_ids, s.positions, p,
-                                     s.thumbnails, s.notes) for s, p in zip(inputs, probs)]
+                                     s.thumbnails, s.notes, s.sources, info[s.series_id]) for s, p in zip(inputs, probs)]
+            if on_series is not None:
+                for s, p in zip(inputs, probs):
+                    on_series(s, p)
         bar.update(len(group))
     bar.close()
-    return files, results, skipped, seconds
+    return FolderRun(files, results, skipped, list(info.values()), seconds)
+
+
+def folder_results(model, root: str, transforms, windows: tuple[Window, ...], batch_size: int = 1,
+                   exclude: tuple[str, ...] = (), progress: bool = True, crop: str = DEFAULT_CROP,
+                   on_series: Callable[[SeriesInput, np.ndarray], None] | None = None,
+                   ) -> tuple[list[str], list[SeriesResult], list[Skipped], dict[str, float]]:
+    """:func:`predict_folder` as ``(files looked at, results, skipped files, seconds per stage)``."""
+    run = predict_folder(model, root, transforms, windows, batch_size, exclude, progress, crop, on_series)
+    return run.files, run.results, run.skipped, run.seconds
 
 
 def run_predict(cfg: Config, model_path: str, dicom_dir: str, out_dir: str, threshold: float = 0.5,
                 batch_size: int = 1, chunk_size: int | None = None, threads: int = 1, windows: str | None = None,
-                progress: bool = True) -> PredictSummary:
-    """Predict every CT series under ``dicom_dir``; see the module docstring for the outputs."""
+                progress: bool = True, saliency: bool = True, slab_mm: float | None = None,
+                min_slices: int = 1) -> PredictSummary:
+    """Predict every axial CT series under ``dicom_dir``; see the module docstring for the outputs.
+    ``saliency``: Grad-CAM maps on the report's large slices (checkpoint models only).
+    ``slab_mm``, ``min_slices``: see :func:`predict_folder`."""
     if not os.path.isdir(dicom_dir):
         raise FileNotFoundError(f"{dicom_dir}: DICOM folder not found")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if slab_mm is not None and not slab_mm > 0:
+        raise ValueError(f"--slab_mm must be positive, got {slab_mm}")
+    if min_slices < 1:
+        raise ValueError(f"--min_slices must be at least 1, got {min_slices}")
     root, out_dir = os.path.abspath(dicom_dir), os.path.abspath(out_dir)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -154,24 +203,29 @@ def run_predict(cfg: Config, model_path: str, dicom_dir: str, out_dir: str, thre
     model = load_model(cfg, model_path, threads=threads, chunk_size=chunk_size)
     seconds["load_model"] = time.perf_counter() - start
 
-    files, results, skipped, timing = folder_results(model, root, transforms, window_set, batch_size, (out_dir,), progress, crop)
-    seconds.update(timing)
+    views = ReportViews(model, transforms, window_set, threshold, saliency=saliency)
+    run = predict_folder(model, root, transforms, window_set, batch_size, (out_dir,), progress, crop, views, slab_mm, min_slices)
+    files, results, skipped, series_info = run.files, run.results, run.skipped, run.series_info
+    seconds.update(run.seconds)
+    seconds["report_views"] = views.seconds
 
     paths = output_paths(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     write_skipped(paths["skipped"], skipped)
     if not results:
-        raise NothingReadableError(f"{dicom_dir}: no readable CT slice among {len(files)} file(s) (reasons in {paths['skipped']})")
+        raise NothingReadableError(f"{dicom_dir}: no readable CT slice of an axial series among {len(files)} file(s) "
+                                   f"({len(series_info)} series found, none predicted; reasons in {paths['skipped']})")
     tic = time.perf_counter()
     info = {"dicom_dir": root, "model": os.path.abspath(model_path), "model_kind": model.kind,
             "config": os.path.abspath(cfg.path) if cfg.path else None, "windows": format_windows(window_set), "crop": crop,
-            "files": len(files), "skipped": len(skipped)}
+            "slab_mm": slab_mm, "min_slices": min_slices, "files": len(files), "skipped": len(skipped)}
     write_predictions_csv(paths["csv"], results)
-    write_predictions_json(paths["json"], results, threshold, info)
-    write_report(out_dir, results, skipped, threshold, info)
+    write_predictions_json(paths["json"], results, threshold, info, series_info)
+    write_report(out_dir, results, skipped, threshold, info, series_info=series_info, views=views.views)
     seconds["outputs"] = time.perf_counter() - tic
     seconds["total"] = time.perf_counter() - start
     summary = PredictSummary(out_dir, len(files), len(results), sum(len(r.slice_ids) for r in results), len(skipped),
-                             sum(bool(r.flagged(threshold).any()) for r in results), seconds)
+                             sum(bool(r.flagged(threshold).any()) for r in results), seconds,
+                             sum(not s.predicted for s in series_info))
     logger.debug("%s", summary.format())
     return summary

@@ -1,11 +1,12 @@
-"""CT slices → ordered series → model inputs, with prepare's reader and the training preprocessing.
+"""Ordered series → model inputs, with prepare's reader and the training preprocessing.
 
 Each series goes through ``medseg.data.series_volume.build_volume`` (the prepare step's decoder:
 RSNA quirks, padding, windows as uint8, crop box per slice in the config's crop mode), is cropped
 like the dataset crops (``volume[i, y0:y1, x0:x1]``) and transformed by the config's eval
 transforms. Nothing here reimplements a preprocessing step, so predict sees a study exactly as
 validation did. With ``crop: released`` the model also takes the slices in the release's order
-(``SeriesInput.order``); results stay head to foot.
+(``SeriesInput.order``); results stay head to foot. With ``slab_mm`` a thin series is averaged
+into slabs first (:func:`slab_groups`; docs/design.md, "Series triage").
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import cv2
 import numpy as np
 
 from medseg.data.build import apply_transforms
-from medseg.data.crop import DEFAULT_CROP, RELEASED, released_order
+from medseg.data.crop import DEFAULT_CROP, RELEASED, crop_box, released_boxes, released_order
 from medseg.data.series_volume import SeriesTask, build_volume
 from medseg.data.transforms import Compose
-from medseg.data.windows import Window
-from medseg.dicom.header import SliceHeader
-from medseg.dicom.series import Series, group_series
+from medseg.data.windows import Window, apply_windows
+from medseg.dicom.modality import raw_to_hu, word_values
+from medseg.dicom.series import Series
 from medseg.predict.discover import Skipped
 
 THUMB_PX = 64  # thumbnail edge in the report strips
@@ -45,6 +46,7 @@ class SeriesInput:
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # "read" (decode + window + crop box), "preprocess"
     order: np.ndarray | None = None  # the slices in the order the model takes them (None: as listed)
+    sources: list[list[str]] | None = None  # with slabs: each slab's source files (``files`` joins them by ";")
 
     def model_image(self) -> np.ndarray:
         """``image`` in the model's slice order."""
@@ -59,12 +61,6 @@ class SeriesInput:
         return out
 
 
-def assemble_series(headers: list[SliceHeader], root: str) -> tuple[list[Series], list[Skipped]]:
-    """Group and order slices (``medseg.dicom.series``); misfits become :class:`Skipped`."""
-    series, errors = group_series(headers)
-    return series, [Skipped(os.path.relpath(e.path, root), f"{type(e).__name__}: {e.reason}") for e in errors]
-
-
 def unique_slice_ids(series: list[Series], root: str) -> dict[str, str]:
     """``{path: slice_id}``: the file stem (the RSNA convention), or the relative path without
     extension for stems that occur more than once (``IM0001`` in every series folder)."""
@@ -77,10 +73,63 @@ def unique_slice_ids(series: list[Series], root: str) -> dict[str, str]:
     return ids
 
 
+def slab_groups(positions: np.ndarray, spacing: float, slab_mm: float | None) -> list[np.ndarray] | None:
+    """Consecutive slices averaged into one slab of about ``slab_mm``: ``k = round(slab_mm /
+    spacing)`` slices each, split into ``round(S / k)`` near-equal runs (sizes differ by at most
+    one). None when that leaves one slice per slab (the series is not thin), or when the spacing is
+    unknown."""
+    if not slab_mm or not np.isfinite(spacing) or spacing <= 0:
+        return None
+    per_slab = max(1, round(slab_mm / spacing))
+    if per_slab < 2:
+        return None
+    return np.array_split(np.arange(len(positions)), max(1, round(len(positions) / per_slab)))
+
+
+def _slab_volume(task: SeriesTask, windows: tuple[Window, ...], crop: str, slab_mm: float
+                 ) -> tuple[np.ndarray, list[np.ndarray], list[tuple[int, int, int, int]], list, list[int]]:
+    """Slabs of the decoded slices of a thin series (:func:`slab_groups` is not None): HU averaged
+    over each run (what a thicker reconstruction approximates; averaging windowed values would
+    differ wherever a window clips), then windowed and cropped as single slices are. Returns
+    ``(volume, groups of kept indices, crops, errors, kept)``."""
+    decoded: list = []
+    _, kept, _, errors = build_volume(task, windows, crop, decoded)
+    groups = slab_groups(np.asarray([task.positions[i] for i in kept]), task.spacing, slab_mm) if kept else []
+    volume = np.empty((len(groups), task.rows, task.cols, len(windows)), dtype=np.uint8)
+    for k, group in enumerate(groups):
+        hu = np.zeros((task.rows, task.cols), dtype=np.float64)
+        for j in group:
+            words, params, layout = decoded[j]
+            hu += raw_to_hu(word_values(words, layout), params)
+        volume[k] = apply_windows(hu / len(group), windows)
+    if crop == RELEASED:
+        frame, boxes = released_boxes(volume)
+        crops = []
+        for k, box in enumerate(boxes):
+            if box is None:
+                volume[k] = 0
+            crops.append(frame if box is None else box)
+    else:
+        tissue = int(np.argmax([w for _, w in windows]))  # widest window, as prepare's head crop
+        crops = [crop_box(np.ascontiguousarray(volume[k, ..., tissue])) for k in range(len(groups))]
+    return volume, [np.asarray([kept[j] for j in g]) for g in groups], crops, errors, kept
+
+
+def _slab_position(positions: list[tuple[float, float, float] | None]) -> tuple[float, float, float] | None:
+    """ImagePositionPatient of a slab: its slices' mean (a single slice's own; None if one lacks it)."""
+    if len(positions) == 1 or any(p is None for p in positions):
+        return positions[0] if len(positions) == 1 else None
+    return tuple(float(v) for v in np.mean(positions, axis=0))
+
+
 def load_series(series: Series, root: str, windows: tuple[Window, ...], transforms: Compose,
-                slice_ids: dict[str, str], crop: str = DEFAULT_CROP) -> tuple[SeriesInput | None, list[Skipped]]:
+                slice_ids: dict[str, str], crop: str = DEFAULT_CROP, slab_mm: float | None = None,
+                ) -> tuple[SeriesInput | None, list[Skipped]]:
     """Decode, window, crop (``crop`` mode, :mod:`medseg.data.crop`) and transform one series; bad
-    slices are skipped with a reason (None when no slice of the series could be decoded)."""
+    slices are skipped with a reason (None when no slice of the series could be decoded).
+    ``slab_mm``: average a thin series into slabs of about that thickness first (one model row
+    per slab; its slice id ``<first>..<last>`` of its source slices, its file their paths joined
+    by ";")."""
     start = time.perf_counter()
     task = SeriesTask(
         series_id=series.series_id, study_id=series.study_id, patient_id=series.patient_id, raw_root=root,
@@ -89,8 +138,14 @@ def load_series(series: Series, root: str, windows: tuple[Window, ...], transfor
         positions=tuple(float(p) for p in series.positions), spacing=series.spacing,
         rows=series.shape[0], cols=series.shape[1],
     )
-    volume, kept, crops, errors = build_volume(task, tuple(windows), crop)
-    skipped = [Skipped(e.file, f"{e.kind}: {e.reason}") for e in errors]
+    thin = slab_groups(np.asarray(task.positions), task.spacing, slab_mm) is not None
+    slabs = _slab_volume(task, tuple(windows), crop, slab_mm) if thin else None
+    if slabs is None:
+        volume, kept, crops, errors = build_volume(task, tuple(windows), crop)
+        groups = [np.asarray([i]) for i in kept]
+    else:
+        volume, groups, crops, errors, kept = slabs
+    skipped = [Skipped(e.file, f"{e.kind}: {e.reason}", series.series_id) for e in errors]
     if not kept:
         return None, skipped
     read = time.perf_counter()
@@ -98,11 +153,16 @@ def load_series(series: Series, root: str, windows: tuple[Window, ...], transfor
     image = apply_transforms(transforms, cropped)
     thumbnails = np.stack([cv2.resize(np.ascontiguousarray(c[..., 0]), (THUMB_PX, THUMB_PX), interpolation=cv2.INTER_AREA) for c in cropped])
     done = time.perf_counter()
-    order = np.asarray(released_order([series.slices[i].position for i in kept])) if crop == RELEASED else None
+    sources = [[task.files[i] for i in g] for g in groups]
+    ids = [task.slice_ids[g[0]] if len(g) == 1 else f"{task.slice_ids[g[0]]}..{task.slice_ids[g[-1]]}" for g in groups]
+    if crop == RELEASED:
+        order = np.asarray(released_order([_slab_position([series.slices[i].position for i in g]) for g in groups]))
+    else:
+        order = None
     return SeriesInput(
         series_id=series.series_id, study_id=series.study_id, patient_id=series.patient_id,
-        files=[task.files[i] for i in kept], slice_ids=[task.slice_ids[i] for i in kept],
-        positions=np.asarray([task.positions[i] for i in kept], dtype=np.float64), image=image,
+        files=[";".join(files) for files in sources], slice_ids=ids,
+        positions=np.asarray([float(np.mean([task.positions[i] for i in g])) for g in groups], dtype=np.float64), image=image,
         thumbnails=thumbnails, notes=list(series.notes), seconds={"read": read - start, "preprocess": done - read},
-        order=order,
+        order=order, sources=sources if slabs is not None else None,
     ), skipped
