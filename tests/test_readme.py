@@ -14,9 +14,9 @@ data, GPUs or hours):
 * ``--nproc_per_node 4`` becomes 2 (two CPU processes, gloo), ``--workers 8`` becomes 2, the
   synthetic cohort's ``--series 100 --size 256`` becomes ``--series 4 --size 64``;
 * ``VAL_PRED.csv``/``TRUTH.csv``/``VAL_TRUTH.csv`` are the test split's predictions and the
-  cohort's test truth, ``CONFIG`` and ``output/x`` the (tiny) paper config and its run,
-  ``a.csv``/``b.csv`` the test split's predictions twice; ``script/pseudo_label.sh`` runs with
-  ``NUM_WORKERS=0``.
+  cohort's test truth, ``CONFIG`` and ``output/x`` the (tiny) paper config and its run
+  (``output/kfold`` its K-fold run), ``a.csv``/``b.csv`` the test split's predictions twice;
+  ``script/pseudo_label.sh`` and ``script/kfold.sh`` run with ``NUM_WORKERS=0``.
 
 The tools import this checkout through ``PYTHONPATH``, standing in for the install ``make venv``
 does (the shared test environment must not have it installed).
@@ -132,9 +132,10 @@ def workspace(tmp_path_factory):
         "b.csv": str(tmp / "output" / "paper" / "test.csv"),
         "data/rsna_prepared": prepared,
         "output/paper": str(tmp / "output" / "paper"),  # absolute: script/*.sh run from the repository root
+        "output/kfold": str(tmp / "output" / "kfold"),
         "RAW": raw,
     }
-    for script in ("train.py", "infer.py", "export.py", "script/pseudo_label.sh", "config/demo_cpu.yml"):
+    for script in ("train.py", "infer.py", "export.py", "script/pseudo_label.sh", "script/kfold.sh", "config/demo_cpu.yml"):
         paths[script] = os.path.join(ROOT, script)
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "NUM_WORKERS": "0"}
     return tmp, dict(sorted(paths.items(), key=lambda kv: -len(kv[0]))), env

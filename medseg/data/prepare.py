@@ -35,6 +35,7 @@ from medseg.data.prepare_tables import ERRORS_CSV, manifest, meta_table, split_t
 from medseg.data.records import ErrorRow, SeriesRecord
 from medseg.data.scan import TRIAGE_KIND, collect_headers, list_dicom_files, plan_tasks, scan_header
 from medseg.data.series_volume import process_series
+from medseg.data.split import check_n_folds
 from medseg.data.windows import Window, format_windows, parse_windows
 from medseg.dicom.header import SliceHeader
 from medseg.predict.triage import rule_of
@@ -123,12 +124,17 @@ def prepare(
     val_fold: int = 0,
     fsync: bool = False,
     crop: str = DEFAULT_CROP,
+    folds: int | None = None,
 ) -> PrepareSummary:
     """Run the whole preparation; safe to rerun (finished series made the same way are reused).
     ``fsync``: also wait for every cache file to reach the disk (see :mod:`medseg.data.cache`; the
     meta tables, the error list and the manifest are always fsynced). ``crop``: ``head`` or
-    ``released`` (:mod:`medseg.data.crop`); another mode than the root's rebuilds every series."""
+    ``released`` (:mod:`medseg.data.crop`); another mode than the root's rebuilds every series.
+    ``folds``: K patient folds for K-fold training (``medseg.tools.kfold``) instead of
+    ``round(1 / val_fraction)``; fold ``val_fold`` is still written as ``val_meta.csv``."""
     check_crop_mode(crop, "prepare --crop")
+    if folds is not None:
+        check_n_folds(folds)  # before the long scan
     raw_root, dataset_root = os.path.abspath(raw_root), os.path.abspath(dataset_root)
     cache_dir = os.path.join(dataset_root, cache_io.CACHE_DIR)
     os.makedirs(cache_dir, exist_ok=True)
@@ -170,7 +176,7 @@ def prepare(
             pool.close()  # the workers exit while the tables are written
 
         train, test = meta_table(records["train"], labels), meta_table(records["test"], None)
-        tables = split_tables(train, test, val_fraction, seed, val_fold)
+        tables = split_tables(train, test, val_fraction, seed, val_fold, folds)
         summary.count(tables)
         errors = sorted(set(errors))
         write_tables(dataset_root, tables, errors, wanted)
@@ -185,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset_root", required=True, help="output folder (meta CSVs, cache/, prepare_errors.csv)")
     parser.add_argument("--workers", type=int, default=default_workers(), help="processes (default: all cores)")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share of patients in val (folds = 1/val_fraction)")
+    parser.add_argument("--folds", type=int, default=None, metavar="K",
+                        help="K patient folds (stratified, as the val split) for K-fold training "
+                             "(python -m medseg.tools.kfold); default: 1/val_fraction")
     parser.add_argument("--val_fold", type=int, default=0, help="which fold is written as val_meta.csv")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--windows", default=format_windows(DEFAULT_WINDOWS), help="CENTRE/WIDTH,... in HU")
@@ -208,7 +217,7 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     def job() -> None:
         summary = prepare(args.raw_root, args.dataset_root, args.workers, args.val_fraction, args.seed, windows,
-                          args.val_fold, args.fsync, args.crop)
+                          args.val_fold, args.fsync, args.crop, args.folds)
         print(summary.format())
 
     return run_cli(job)

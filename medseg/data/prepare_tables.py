@@ -69,10 +69,12 @@ def _series_labels(meta: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def split_tables(train: pd.DataFrame, test: pd.DataFrame, val_fraction: float, seed: int, val_fold: int) -> dict[str, pd.DataFrame]:
-    """``{split: meta table}``: the train rows split by patient folds into train and val, sorted."""
+def split_tables(train: pd.DataFrame, test: pd.DataFrame, val_fraction: float, seed: int, val_fold: int,
+                 n_folds: int | None = None) -> dict[str, pd.DataFrame]:
+    """``{split: meta table}``: the train rows split by patient folds (``n_folds``, else from
+    ``val_fraction``) into train and val, sorted."""
     if len(train):
-        folds = assign_folds(_series_labels(train), val_fraction, seed)
+        folds = assign_folds(_series_labels(train), val_fraction, seed, n_folds)
         if val_fold not in set(folds):
             raise ValueError(f"--val_fold {val_fold}: folds are 0..{folds.max()}")
         train["fold"] = train["series_id"].map(folds).astype(int)

@@ -22,6 +22,7 @@ from medseg.data.sampler import SeriesBatchSampler
 from medseg.engine import distributed as dist
 from medseg.engine.loader import make_loader, worker_batches
 from medseg.engine.metrics import WeightedLogLoss
+from medseg.engine.tta import TTA, predict_views
 from medseg.models.outputs import prediction_logits
 from medseg.utils.logger import get_logger
 
@@ -29,11 +30,13 @@ logger = get_logger("evaluator")
 
 
 def predict_shard(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_workers: int = 0,
-                  sharded: bool = True, progress: bool = True, amp: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
+                  sharded: bool = True, progress: bool = True, amp: dict[str, Any] | None = None,
+                  tta: TTA | None = None) -> dict[int, dict[str, Any]]:
     """``{series index: {series_id, slice_ids, probs [S, 6], labels [S, 6]}}`` for this rank's shard.
 
     ``amp``: ``paddle.amp.auto_cast`` arguments; evaluation during training passes the training's
-    (AMP O2 weights are float16/bfloat16 and need their inputs cast alike).
+    (AMP O2 weights are float16/bfloat16 and need their inputs cast alike). ``tta``: test-time
+    views, run as one batch per step and averaged (:mod:`medseg.engine.tta`).
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
     sampler = SeriesBatchSampler(len(dataset), batch_size, shuffle=False, rank=rank, world_size=world, pad_shards=False)
@@ -48,9 +51,12 @@ def predict_shard(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_work
         with paddle.no_grad(), worker_batches(loader) as batches:
             for batch_keys, batch in zip(keys, batches):
                 batch = to_model_input(batch)  # augment_on_device: warp + normalise here
-                with paddle.amp.auto_cast(**amp) if amp else contextlib.nullcontext():
-                    logits = prediction_logits(model(batch["image"], batch["mask"]))
-                probs = paddle.nn.functional.sigmoid(logits.astype("float32"))
+
+                def forward(image, mask):
+                    with paddle.amp.auto_cast(**amp) if amp else contextlib.nullcontext():
+                        return prediction_logits(model(image, mask))
+
+                probs = predict_views(forward, batch["image"], batch["mask"], tta)
                 # Own copies: a tensor's numpy view can be recycled before the shards are gathered.
                 probs = np.array(probs.astype("float32").numpy(), copy=True)
                 labels = np.array(batch["label"].numpy(), copy=True)
@@ -93,9 +99,10 @@ def gather_predictions(shard: dict[int, dict[str, Any]], num_series: int,
 
 
 def predict_dataset(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_workers: int = 0,
-                    sharded: bool = True, amp: dict[str, Any] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """(predictions CSV frame of docs/design.md, the matching labels [N, 6])."""
-    shard = predict_shard(model, dataset, batch_size, num_workers, sharded=sharded, amp=amp)
+                    sharded: bool = True, amp: dict[str, Any] | None = None,
+                    tta: TTA | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """(predictions CSV frame of docs/design.md, the matching labels [N, 6]); ``tta``: see :func:`predict_shard`."""
+    shard = predict_shard(model, dataset, batch_size, num_workers, sharded=sharded, amp=amp, tta=tta)
     return gather_predictions(shard, len(dataset), across_ranks=sharded)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from paddle import inference
 
+from medseg.engine.tta import TTA, predict_views
 from medseg.export.meta import ExportError, ExportMeta, graph_files, read_meta
 from medseg.outputs.calibrate import apply_calibration, load_calibration
 
@@ -46,20 +47,23 @@ class ExportedModel:
     """``model(image [B, S, C, H, W] float32, mask [B, S] bool) → probabilities [B, S, 6]``.
 
     Padded positions of the output are 0.5 and carry no meaning (drop them with the mask).
-    ``chunk_size`` (slices per encoder run) defaults to the exported model's.
+    ``chunk_size`` (slices per encoder run) defaults to the exported model's. ``tta``: test-time
+    views (:mod:`medseg.engine.tta`), all run as one batch through both graphs and averaged
+    before the calibration.
     """
 
     kind = "export"
 
-    def __init__(self, folder: str, threads: int = 1, chunk_size: int | None = None):
+    def __init__(self, folder: str, threads: int = 1, chunk_size: int | None = None, tta: TTA | None = None):
         self.folder = folder
+        self.tta = tta
         self.meta: ExportMeta = read_meta(folder)
         self.chunk_size = chunk_size if chunk_size is not None else self.meta.chunk_size
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ExportError(f"{folder}: chunk size must be a positive number of slices, got {self.chunk_size}")
         self.encoder = create_predictor(folder, "encoder", threads, onednn=True)
         self.head = create_predictor(folder, "head", threads, onednn=False)
-        self.calibration = load_calibration(folder)  # the checkpoint's, copied by export_model
+        self.calibration = load_calibration(folder, tta)  # the checkpoint's, copied by export_model
 
     def _check(self, image: np.ndarray, mask: np.ndarray) -> None:
         meta = self.meta
@@ -75,11 +79,16 @@ class ExportedModel:
         parts = [run_predictor(self.encoder, slices[i:i + step]) for i in range(0, len(slices), max(step, 1))]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
+    def probabilities(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The graphs' uncalibrated probabilities of one batch (no TTA)."""
+        features = np.zeros((*mask.shape, self.meta.feature_dim), dtype=np.float32)
+        if mask.any():
+            features[mask] = self.encode(image[mask])
+        return run_predictor(self.head, features, mask)
+
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         image = np.asarray(image, dtype=np.float32)
         mask = np.asarray(mask, dtype=bool)
         self._check(image, mask)
-        features = np.zeros((*mask.shape, self.meta.feature_dim), dtype=np.float32)
-        if mask.any():
-            features[mask] = self.encode(image[mask])
-        return apply_calibration(run_predictor(self.head, features, mask), self.calibration)
+        probs = predict_views(self.probabilities, image, mask, self.tta, outputs="probabilities")
+        return apply_calibration(probs, self.calibration)

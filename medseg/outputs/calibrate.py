@@ -10,6 +10,11 @@ changing the ranking (AUC). ``calibration.json`` lives beside the checkpoint (an
 an export); :func:`apply_calibration` is the one hook that ``infer.py``, ``medseg.predict`` and
 exported models use, and it does nothing when no file is there. Truth can be the Kaggle
 ``ID,Label`` file or the prepared dataset's ``<split>_meta.csv`` labels (``--dataset_root``).
+
+With test-time augmentation (:mod:`medseg.engine.tta`: ``--tta`` or the config's
+``test_time_augmentation``) the temperatures are fitted on the view-averaged output, which is
+less confident than one view's, so the file records the views (``test_time_augmentation``) and
+:func:`load_calibration` refuses a run with other views.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Calibration:
     fitted_on: str = ""
     before: dict | None = None       # validation metrics before / after (log loss, ECE)
     after: dict | None = None
+    test_time_augmentation: dict | None = None  # {views, average} fitted on (medseg.engine.tta); None: no TTA
 
 
 def _logits(probs: np.ndarray) -> np.ndarray:
@@ -93,9 +99,11 @@ def fit_temperatures(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return temps
 
 
-def fit_calibration(probs: np.ndarray, labels: np.ndarray, fitted_on: str = "") -> Calibration:
+def fit_calibration(probs: np.ndarray, labels: np.ndarray, fitted_on: str = "", tta=None) -> Calibration:
+    """``tta``: the :class:`medseg.engine.tta.TTA` that produced ``probs`` (recorded; ``None``: none)."""
     temps = fit_temperatures(probs, labels)
-    cal = Calibration(temperature=tuple(float(t) for t in temps), n_slices=int(len(probs)), fitted_on=fitted_on)
+    cal = Calibration(temperature=tuple(float(t) for t in temps), n_slices=int(len(probs)), fitted_on=fitted_on,
+                      test_time_augmentation=tta.record() if tta is not None else None)
     return Calibration(**{**asdict(cal), "before": calibration_metrics(labels, probs),
                           "after": calibration_metrics(labels, apply_calibration(probs, cal))})
 
@@ -134,15 +142,34 @@ def read_calibration(path: str) -> Calibration:
     if cal.labels != LABELS or len(cal.temperature) != len(LABELS) or min(cal.temperature) <= 0:
         raise ValueError(f"{path}: needs one positive temperature per label {list(LABELS)}, got "
                          f"{list(cal.labels)} / {list(cal.temperature)}")
+    tta = cal.test_time_augmentation
+    if tta is not None and (not isinstance(tta, dict) or set(tta) != {"views", "average"}):
+        raise ValueError(f"{path}: test_time_augmentation must be null or {{views, average}}, got {tta!r}")
     return cal
 
 
-def load_calibration(model_path: str) -> Calibration | None:
-    """The calibration stored with a model, or ``None`` (calibration off) when there is none."""
+def describe_tta(record: dict | None) -> str:
+    """A recorded test-time augmentation in words (``none`` for none)."""
+    return "none" if not record else f"{'+'.join(record['views'])} (average of {record['average']})"
+
+
+def check_tta(cal: Calibration, tta, where: str) -> None:
+    """Refuse applying ``cal`` to outputs of other test-time views than it was fitted on."""
+    used = tta.record() if tta is not None else None
+    if cal.test_time_augmentation != used:
+        raise ValueError(f"{where}: calibration fitted with test-time views {describe_tta(cal.test_time_augmentation)}, "
+                         f"not {describe_tta(used)}; use the same --tta, --no_calibration, or refit it")
+
+
+def load_calibration(model_path: str, tta=None) -> Calibration | None:
+    """The calibration stored with a model, or ``None`` (calibration off) when there is none.
+    ``tta``: the run's :class:`medseg.engine.tta.TTA` (``None``: none); a file fitted with other
+    views is refused (:func:`check_tta`)."""
     path = calibration_path(model_path)
     if not os.path.isfile(path):
         return None
     cal = read_calibration(path)
+    check_tta(cal, tta, path)
     logger.info("calibration %s: temperatures %s", path, ", ".join(f"{l} {t:.3g}" for l, t in zip(LABELS, cal.temperature)))
     return cal
 
@@ -165,17 +192,40 @@ def _aligned(pred_path: str, truth_path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _predict_val(config: str, overrides: list[str], resume_model: str, split: str,
-                 out_csv: str) -> tuple[np.ndarray, np.ndarray]:
-    """Uncalibrated predictions of ``split`` (rows of the written CSV) and its labels."""
+                 out_csv: str, views=None):
+    """Uncalibrated predictions of ``split`` (rows of the written CSV), its labels and the TTA
+    used (``views`` over the config's ``test_time_augmentation``)."""
     from medseg.config import Config
     from medseg.engine.infer_split import infer_split
+    from medseg.engine.tta import resolve_tta
     from medseg.utils.logger import setup_logger
 
     setup_logger()
-    frame, _ = infer_split(Config(config, overrides), resume_model, split, out_csv, calibrate=False)
+    cfg = Config(config, overrides)
+    tta = resolve_tta(cfg, views)
+    frame, _ = infer_split(cfg, resume_model, split, out_csv, calibrate=False, tta=tta)
     if "labels" not in frame.attrs:
         raise ValueError(f"split {split!r} has no labels: cannot calibrate on it")
-    return frame[list(LABELS)].to_numpy(), frame.attrs["labels"]
+    return frame[list(LABELS)].to_numpy(), frame.attrs["labels"], tta
+
+
+def _pred_tta(pred_path: str, views):
+    """The TTA behind a predictions CSV: what infer.py recorded in ``<stem>_metrics.json``, else
+    ``--tta`` (average: probabilities); a ``--tta`` that contradicts the record is refused."""
+    from medseg.engine.tta import TTA
+
+    recorded = None
+    metrics = f"{os.path.splitext(pred_path)[0]}_metrics.json"
+    if os.path.isfile(metrics):
+        with open(metrics, encoding="utf-8") as fh:
+            recorded = json.load(fh).get("test_time_augmentation")
+    if recorded is not None:
+        tta = TTA(tuple(recorded["views"]), recorded["average"])
+        if views is not None and tuple(views) != tta.views:
+            raise ValueError(f"{metrics}: {pred_path} was predicted with test-time views {describe_tta(recorded)}, "
+                             f"not --tta {','.join(views)}")
+        return tta
+    return TTA(tuple(views)) if views is not None else None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -187,6 +237,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("-o", "--opts", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--split", default="val", help="split to fit on with --config (default val)")
     p.add_argument("--out", help=f"calibration file (default: <resume_model dir>/{CALIBRATION_FILE})")
+    from medseg.engine.tta import add_tta_argument
+
+    add_tta_argument(p)
     args = p.parse_args(argv)
     if bool(args.pred) == bool(args.config) or bool(args.pred) != bool(args.truth) or bool(args.config) != bool(args.resume_model):
         p.error("give either --pred and --truth, or --config and --resume_model")
@@ -201,16 +254,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def job() -> None:
         if args.pred:
+            tta = _pred_tta(args.pred, args.tta)
             probs, labels = _aligned(args.pred, args.truth)
             source = args.pred
         else:
             csv = os.path.join(os.path.dirname(out) or ".", f"predictions_{args.split}_uncalibrated.csv")
-            probs, labels = _predict_val(args.config, args.overrides, args.resume_model, args.split, csv)
+            probs, labels, tta = _predict_val(args.config, args.overrides, args.resume_model, args.split, csv, args.tta)
             source = csv
-        cal = fit_calibration(probs, labels, fitted_on=os.path.abspath(source))
+        cal = fit_calibration(probs, labels, fitted_on=os.path.abspath(source), tta=tta)
         write_calibration(cal, out)
         print(f"calibration: {out}")
-        print("temperature " + " ".join(f"{l}={t:.4f}" for l, t in zip(LABELS, cal.temperature)))
+        print("temperature " + " ".join(f"{l}={t:.4f}" for l, t in zip(LABELS, cal.temperature))
+              + f" (test-time views: {describe_tta(cal.test_time_augmentation)})")
         print(f"val ece before={cal.before['ece']:.5f} after={cal.after['ece']:.5f} "
               f"logloss before={cal.before['logloss']:.6f} after={cal.after['logloss']:.6f}")
 

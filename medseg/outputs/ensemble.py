@@ -1,10 +1,13 @@
 """Weighted mean of several submissions or prediction files over the same images.
 
-``python -m medseg.outputs.ensemble --inputs a.csv b.csv … [--weights 2 1 …] --out X
-[--rule_k K --rule_threshold T] [--eps E]``
+``python -m medseg.outputs.ensemble --inputs a.csv b.csv DIR … [--weights 2 1 …] --out X
+[--split test] [--rule_k K --rule_threshold T] [--eps E]``
 
 Inputs may be Kaggle ``ID,Label`` tables or predictions CSVs (detected per file, mixing
-allowed); the output takes the format and row order of the first input. The original method's
+allowed); the output takes the format and row order of the first input. A folder stands for its
+prediction files (:func:`expand_inputs`): a run folder's ``predictions_<split>.csv`` (what
+infer.py writes), or for a K-fold ``SAVE_ROOT`` (``medseg.tools.kfold``) that file of each
+``fold_k/``, in fold order; the probabilities are averaged, as for ``test.csv``. The original method's
 optional rule sets a probability to 1 where at least ``k`` inputs exceed ``threshold``; it is off
 unless both ``--rule_k`` and ``--rule_threshold`` are given.
 """
@@ -12,6 +15,9 @@ unless both ``--rule_k`` and ``--rule_threshold`` are given.
 from __future__ import annotations
 
 import argparse
+import glob
+import os
+import re
 import sys
 from typing import Sequence
 
@@ -85,6 +91,26 @@ def ensemble(
     return out
 
 
+def expand_inputs(inputs: Sequence[str], split: str = "test") -> list[str]:
+    """Files as given; a folder → its ``predictions_<split>.csv``, else that file of each of its
+    ``fold_k/`` folders (k ascending). A folder with neither is a :class:`TableError`."""
+    name = f"predictions_{split}.csv"
+    files: list[str] = []
+    for path in inputs:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        if os.path.isfile(os.path.join(path, name)):
+            files.append(os.path.join(path, name))
+            continue
+        folds = [(int(m.group(1)), f) for f in glob.glob(os.path.join(glob.escape(path), "fold_*", name))
+                 if (m := re.fullmatch(r"fold_(\d+)", os.path.basename(os.path.dirname(f))))]
+        if not folds:
+            raise TableError(f"{path}: a folder without {name} or fold_*/{name}")
+        files.extend(f for _, f in sorted(folds))
+    return files
+
+
 def ensemble_files(
     inputs: Sequence[str],
     out_path: str,
@@ -93,7 +119,10 @@ def ensemble_files(
     rule_threshold: float | None = None,
     eps: float | None = None,
 ) -> pd.DataFrame:
-    """Read, combine and atomically write; returns the written table (format of ``inputs[0]``)."""
+    """Read, combine and atomically write; returns the written table (format of ``inputs[0]``).
+    ``inputs``: files (folders are expanded by :func:`expand_inputs` first)."""
+    if not inputs:
+        raise TableError("no inputs to ensemble")
     tables, formats = zip(*(read_table(path) for path in inputs))
     combined = ensemble(tables, weights, rule_k, rule_threshold, names=inputs)
     if eps is not None:
@@ -115,8 +144,13 @@ def ensemble_files(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(prog="python -m medseg.outputs.ensemble", description=__doc__.split("\n")[0])
-    parser.add_argument("--inputs", nargs="+", required=True, help="submissions (ID,Label) and/or predictions CSVs")
-    parser.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per input (normalised); default equal")
+    parser.add_argument("--inputs", nargs="+", required=True,
+                        help="submissions (ID,Label), predictions CSVs, and/or folders: a run's (its "
+                             "predictions_<split>.csv) or a K-fold SAVE_ROOT (that file of every fold_k/)")
+    parser.add_argument("--split", default="test",
+                        help="which predictions_<split>.csv a folder stands for (default test)")
+    parser.add_argument("--weights", nargs="+", type=float, default=None,
+                        help="one weight per input file, folders expanded (normalised); default equal")
     parser.add_argument("--out", required=True, help="output CSV, in the format of the first input")
     parser.add_argument("--rule_k", type=int, default=None, help="rule: output 1 where at least K inputs exceed --rule_threshold")
     parser.add_argument("--rule_threshold", type=float, default=None, help="rule threshold (off unless --rule_k is given too)")
@@ -128,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
 
     def job() -> None:
-        ensemble_files(args.inputs, args.out, args.weights, args.rule_k, args.rule_threshold, args.eps)
+        inputs = expand_inputs(args.inputs, args.split)
+        if len(inputs) != len(args.inputs):
+            logger.info("inputs: %s", ", ".join(inputs))
+        ensemble_files(inputs, args.out, args.weights, args.rule_k, args.rule_threshold, args.eps)
         print(f"ensemble written to {args.out}")
 
     return run_cli(job)

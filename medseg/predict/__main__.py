@@ -1,9 +1,11 @@
 """``python -m medseg.predict --config C --model M --dicom_dir DIR --out OUT [--threshold 0.5]``
 
 M is a training checkpoint (``iter_N/``, ``best_model/`` or ``model.pdparams``) or a folder
-written by ``export.py`` (then ``--config`` defaults to the export's ``config.yml``). Writes
+written by ``export.py`` (then ``--config`` defaults to the export's ``config.yml``); several
+(``--model A B C``, e.g. the fold models of ``medseg.tools.kfold``) average their probabilities. Writes
 ``OUT/predictions.csv``, ``OUT/predictions.json``, ``OUT/skipped.csv``, ``OUT/report.html`` and
-one PNG per series. Exit 0 on success; 2 with a one-line ``error: …`` when nothing readable was
+one PNG per series. ``--tta identity,hflip`` (or the config's ``test_time_augmentation``)
+averages test-time views of each series (medseg.engine.tta). Exit 0 on success; 2 with a one-line ``error: …`` when nothing readable was
 found or an input is wrong.
 """
 
@@ -24,7 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="experiment config (default for an exported model: its config.yml)")
     p.add_argument("-o", "--opts", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--model", required=True, help="training checkpoint or exported model folder")
+    p.add_argument("--model", required=True, nargs="+",
+                   help="training checkpoint or exported model folder; several (e.g. the fold models of "
+                        "medseg.tools.kfold): their probabilities are averaged")
     p.add_argument("--dicom_dir", required=True, help="folder searched recursively for DICOM files (any names)")
     p.add_argument("--out", required=True, help="output folder (nothing is written elsewhere)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability that flags a slice in the report")
@@ -41,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="leave out series with fewer slices (default 1: a single head slice is predicted, with a note)")
     p.add_argument("--no_saliency", action="store_true",
                    help="no Grad-CAM maps on the report's large slices (they cost a forward and a backward pass per series)")
+    from medseg.engine.tta import add_tta_argument
+
+    add_tta_argument(p)
     return p.parse_args(argv)
 
 
@@ -53,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> None:
         config = args.config
         if config is None:
-            if not is_export_dir(args.model):
+            if not all(is_export_dir(m) for m in args.model):
                 raise ValueError("--config is required with a training checkpoint")
-            config = os.path.join(args.model, "config.yml")
+            config = os.path.join(args.model[0], "config.yml")
         threads = args.threads or int(_ENV_THREADS or os.cpu_count() or 1)
         summary = run_predict(Config(config, args.overrides), args.model, args.dicom_dir, args.out, args.threshold,
                               args.batch_size, args.chunk_size, threads, args.windows, progress=not args.no_progress,
-                              saliency=not args.no_saliency, slab_mm=args.slab_mm, min_slices=args.min_slices)
+                              saliency=not args.no_saliency, slab_mm=args.slab_mm, min_slices=args.min_slices,
+                              tta=args.tta)
         print(summary.format())
 
     return run_cli(job)

@@ -23,8 +23,10 @@ from medseg.data.build import build_eval_transforms, eval_section, eval_transfor
 from medseg.data.collate import collate_series
 from medseg.data.crop import DEFAULT_CROP, check_crop_mode
 from medseg.data.windows import Window, format_windows, parse_windows
+from medseg.engine.tta import record as tta_record
+from medseg.engine.tta import resolve_tta
 from medseg.export.meta import read_meta
-from medseg.predict.backend import load_model, model_kind
+from medseg.predict.backend import load_models, model_kind
 from medseg.predict.discover import Skipped, list_files, scan_headers
 from medseg.predict.report_html import write_report
 from medseg.predict.saliency import ReportViews
@@ -176,13 +178,14 @@ def folder_results(model, root: str, transforms, windows: tuple[Window, ...], ba
     return run.files, run.results, run.skipped, run.seconds
 
 
-def run_predict(cfg: Config, model_path: str, dicom_dir: str, out_dir: str, threshold: float = 0.5,
+def run_predict(cfg: Config, model_path: str | list[str], dicom_dir: str, out_dir: str, threshold: float = 0.5,
                 batch_size: int = 1, chunk_size: int | None = None, threads: int = 1, windows: str | None = None,
                 progress: bool = True, saliency: bool = True, slab_mm: float | None = None,
-                min_slices: int = 1) -> PredictSummary:
+                min_slices: int = 1, tta: tuple[str, ...] | None = None) -> PredictSummary:
     """Predict every axial CT series under ``dicom_dir``; see the module docstring for the outputs.
     ``saliency``: Grad-CAM maps on the report's large slices (checkpoint models only).
-    ``slab_mm``, ``min_slices``: see :func:`predict_folder`."""
+    ``slab_mm``, ``min_slices``: see :func:`predict_folder`. ``tta``: test-time views (``--tta``),
+    over the config's ``test_time_augmentation``; recorded in predictions.json."""
     if not os.path.isdir(dicom_dir):
         raise FileNotFoundError(f"{dicom_dir}: DICOM folder not found")
     if not 0.0 < threshold < 1.0:
@@ -196,11 +199,16 @@ def run_predict(cfg: Config, model_path: str, dicom_dir: str, out_dir: str, thre
     root, out_dir = os.path.abspath(dicom_dir), os.path.abspath(out_dir)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    window_set = resolve_windows(model_path, windows)
-    check_export_transforms(cfg, model_path)
+    models = [model_path] if isinstance(model_path, str) else list(model_path)  # several: their average
+    window_set = resolve_windows(models[0], windows)
+    for path in models:
+        check_export_transforms(cfg, path)
+        if resolve_windows(path, windows) != window_set:
+            raise ValueError(f"{path}: exported for other windows than {models[0]} ({format_windows(window_set)})")
     transforms = build_eval_transforms(eval_transform_config(cfg), f"{cfg.path}: eval transforms")
     crop = eval_crop_mode(cfg)
-    model = load_model(cfg, model_path, threads=threads, chunk_size=chunk_size)
+    test_time = resolve_tta(cfg, tta)
+    model = load_models(cfg, models, threads=threads, chunk_size=chunk_size, tta=test_time)
     seconds["load_model"] = time.perf_counter() - start
 
     views = ReportViews(model, transforms, window_set, threshold, saliency=saliency)
@@ -216,9 +224,11 @@ def run_predict(cfg: Config, model_path: str, dicom_dir: str, out_dir: str, thre
         raise NothingReadableError(f"{dicom_dir}: no readable CT slice of an axial series among {len(files)} file(s) "
                                    f"({len(series_info)} series found, none predicted; reasons in {paths['skipped']})")
     tic = time.perf_counter()
-    info = {"dicom_dir": root, "model": os.path.abspath(model_path), "model_kind": model.kind,
+    info = {"dicom_dir": root, "model": os.path.abspath(models[0]) if len(models) == 1 else [os.path.abspath(p) for p in models],
+            "model_kind": model.kind,
             "config": os.path.abspath(cfg.path) if cfg.path else None, "windows": format_windows(window_set), "crop": crop,
             "slab_mm": slab_mm, "min_slices": min_slices, "files": len(files), "skipped": len(skipped)}
+    info["test_time_augmentation"] = tta_record(test_time)
     write_predictions_csv(paths["csv"], results)
     write_predictions_json(paths["json"], results, threshold, info, series_info)
     write_report(out_dir, results, skipped, threshold, info, series_info=series_info, views=views.views)

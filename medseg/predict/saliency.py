@@ -96,6 +96,8 @@ def saliency_network(model) -> tuple[paddle.nn.Layer | None, str]:
     if getattr(model, "kind", None) == "export":
         return None, ("no saliency: an exported model is a static inference graph without gradients "
                       "(predict with the training checkpoint to get the maps)")
+    if getattr(model, "kind", None) == "average":
+        return None, "no saliency: the prediction averages several models (predict with one of them to get its maps)"
     net = getattr(model, "model", None)
     encoder = getattr(net, "encoder", None)
     if not isinstance(encoder, tuple(METHOD)) or not hasattr(net, "forward_heads"):

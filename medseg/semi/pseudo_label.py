@@ -6,7 +6,8 @@ several files, or the true labels, as ``bench/semi.sh``'s oracle uses it) predic
 given tags (``test``, or any prepared tag such as a hidden part of the training set). A
 checkpoint's ``calibration.json`` (:mod:`medseg.outputs.calibrate`, fitted on validation) is
 applied first, as ``infer.py`` applies it: an over- or under-confident teacher otherwise teaches
-its miscalibration (``--no_calibration`` to skip). The probabilities become soft labels under
+its miscalibration (``--no_calibration`` to skip). ``--tta`` (or the config's
+``test_time_augmentation``) averages the teacher's test-time views first. The probabilities become soft labels under
 :mod:`medseg.semi.rules` (confidence filter, temperature, hard labels) and are written,
 atomically, as ``DATASET_ROOT/<tag>_meta.csv`` in the docs/design.md format, pointing at the same
 cache: a training config reads it as a ``PseudoSeriesDataset`` tag. Slices dropped by a
@@ -59,26 +60,31 @@ def check_tags(splits: Sequence[str], out_tag: str, exclude: Sequence[str]) -> N
 
 def teacher_predictions(config: str, overrides: Sequence[str], model_path: str, dataset_root: str,
                         splits: Sequence[str], batch_size: int = 1, num_workers: int = 0,
-                        calibrate: bool = True) -> dict[str, pd.DataFrame]:
+                        calibrate: bool = True, tta: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     """``{split: predictions frame (docs/design.md)}`` by the checkpoint at ``model_path``, through
     the engine's ``predict_dataset`` with the config's ``infer_dataset`` (else ``val_dataset``)
-    transforms; calibrated by the checkpoint's ``calibration.json`` when there is one and ``calibrate``."""
+    transforms; calibrated by the checkpoint's ``calibration.json`` when there is one and ``calibrate``.
+    ``tta``: test-time views (``--tta``) over the config's ``test_time_augmentation``."""
     from medseg.config import Config
     from medseg.engine import checkpoint as ckpt
     from medseg.data.build import build_eval_dataset
     from medseg.engine.evaluator import predict_dataset
+    from medseg.engine.tta import resolve_tta
     from medseg.outputs.calibrate import apply_calibration, load_calibration
 
     cfg = Config(config, overrides)
+    test_time = resolve_tta(cfg, tta)
     model = cfg.build("model")
     ckpt.load_params(model_path, model, strict=True)
-    calibration = load_calibration(model_path) if calibrate else None
+    calibration = load_calibration(model_path, test_time) if calibrate else None
     frames = {}
     for split in splits:
         dataset = build_eval_dataset(cfg, split, dataset_root=dataset_root)
-        logger.info("teacher %s predicts %s: %d series%s", model_path, dataset.meta_file, len(dataset),
-                    ", calibrated" if calibration is not None else "")
-        frame, _labels = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, sharded=False)
+        logger.info("teacher %s predicts %s: %d series%s%s", model_path, dataset.meta_file, len(dataset),
+                    ", calibrated" if calibration is not None else "",
+                    f", test-time views {test_time.describe()}" if test_time is not None and test_time.active else "")
+        frame, _labels = predict_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, sharded=False,
+                                         tta=test_time)
         frame[list(LABELS)] = apply_calibration(frame[list(LABELS)].to_numpy(), calibration)
         frames[split] = frame
     return frames
@@ -167,7 +173,13 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
                    help="labelled tags the table must not overlap (val is always checked)")
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--num_workers", type=int, default=0)
-    return p.parse_args(None if argv is None else list(argv))
+    from medseg.engine.tta import add_tta_argument
+
+    add_tta_argument(p)
+    args = p.parse_args(None if argv is None else list(argv))
+    if args.tta is not None and args.predictions:
+        p.error("--tta needs a teacher --model (--predictions are already predicted)")
+    return args
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -193,7 +205,8 @@ def main(argv: Iterable[str] | None = None) -> int:
             predictions = {split: table for split in args.split}
         else:
             predictions = teacher_predictions(args.config, args.overrides, args.model, root, args.split,
-                                              args.batch_size, args.num_workers, calibrate=not args.no_calibration)
+                                              args.batch_size, args.num_workers, calibrate=not args.no_calibration,
+                                              tta=args.tta)
         written = pseudo_label(root, args.split, args.out, rules, predictions, args.exclude)
         sources = {split: int(meta["series_id"].nunique()) for split, meta in metas.items()}
         print(f"wrote {args.out}\n" + summary(written, sources, sum(len(m) for m in metas.values())))

@@ -2,7 +2,8 @@
 
 Writes the predictions CSV (one row per real slice); on a labelled split also prints the
 metrics and saves them as ``<output stem>_metrics.json``. With ``--multigpu_infer`` under
-``paddle.distributed.launch`` the split is sharded across processes.
+``paddle.distributed.launch`` the split is sharded across processes. ``--tta hflip,identity``
+(or the config's ``test_time_augmentation``) averages test-time views (medseg.engine.tta).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", help="predictions CSV (default: <checkpoint dir>/predictions_<split>.csv)")
     p.add_argument("--no_calibration", action="store_true",
                    help="ignore the checkpoint's calibration.json (python -m medseg.outputs.calibrate)")
+    from medseg.engine.tta import add_tta_argument
+
+    add_tta_argument(p)
     return p.parse_args(argv)
 
 
@@ -37,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from medseg.config import Config
     from medseg.engine import distributed as dist
     from medseg.engine.infer_split import infer_split
+    from medseg.engine.tta import resolve_tta
     from medseg.models.weights import check_released_input_scale
     from medseg.utils.logger import setup_logger
 
@@ -50,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
         workers = default_num_workers() if args.num_workers is None else args.num_workers
         _, metrics = infer_split(cfg, args.resume_model, args.split, output, workers,
-                                 args.multigpu_infer, args.batch_size, calibrate=not args.no_calibration)
+                                 args.multigpu_infer, args.batch_size, calibrate=not args.no_calibration,
+                                 tta=resolve_tta(cfg, args.tta))
         if metrics is not None and dist.is_main():
             print(json.dumps(metrics, indent=2, sort_keys=True))
 
