@@ -108,3 +108,23 @@ def test_bad_input_ends_in_one_error_line(results, name):
     assert "Traceback" not in proc.stderr + proc.stdout, (name, proc.stderr[-2000:])
     assert len(errors) == 1 and proc.stderr.rstrip().splitlines()[-1] == errors[0], (name, proc.stderr[-2000:])
     assert expected in errors[0], (name, errors[0])
+
+
+def test_console_log_follows_the_current_stdout(capsys):
+    """A logger set up while stdout was another stream (since closed) still logs, to today's stdout."""
+    import io
+
+    from medseg.utils.logger import get_logger, setup_logger
+
+    saved, sys.stdout = sys.stdout, io.StringIO()
+    try:
+        setup_logger()
+        get_logger("cli").info("to the stream of that moment")
+        earlier = sys.stdout.getvalue()
+        sys.stdout.close()
+    finally:
+        sys.stdout = saved
+    get_logger("cli").info("after it closed")
+    captured = capsys.readouterr()
+    assert "to the stream of that moment" in earlier
+    assert "after it closed" in captured.out and "Logging error" not in captured.err

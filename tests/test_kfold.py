@@ -30,6 +30,7 @@ from medseg.outputs import ensemble as ensemble_tool
 from medseg.outputs.predictions import read_predictions
 from medseg.tools import kfold
 from medseg.utils.logger import setup_logger
+from test_end_to_end import TINY  # the demo configs at toy scale (iterations set by the bench's knobs)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 3
@@ -331,24 +332,6 @@ def test_kfold_script_launches_each_fold_left(tmp_path):
     assert calls[3] == ["-m", "medseg.tools.kfold", "collect", *common] and len(calls) == 4
 
 
-TINY = """
-_base_: {base}
-iters: 2
-batch_size: {batch}
-model:
-  encoder: {{arch: mobilenet_v3_small, scale: 0.5, img_size: 32}}
-train_dataset:
-  transforms:
-    - {{type: RandomResizedCrop, size: 32, scale: [0.8, 1.2]}}
-    - {{type: HorizontalFlip, prob: 0.5}}
-    - {{type: Normalize, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}
-    - {{type: ToCHW}}
-val_dataset:
-  transforms:
-    - {{type: Resize, size: 32}}
-    - {{type: Normalize, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}
-    - {{type: ToCHW}}
-"""
 WORKFLOW_LINE = re.compile(r"workflow (folds|tta) ratio=([0-9.]+) sd=(nan|[0-9.]+) target=(0\.95|0\.98) (met|missed)")
 
 
@@ -368,7 +351,7 @@ def test_workflow_bench_toy(tmp_path):
                WF_SERIES="12", WF_SIZE="64", WF_SLICES="6", WF_PRETRAIN_ITERS="4", WF_ITERS="2", WF_PROCS="2",
                WF_SAVE_INTERVAL="2")
     for key, base, batch in (("WF_PRETRAIN_CONFIG", "demo_cpu_pretrain.yml", 4), ("WF_CONFIG", "demo_cpu.yml", 1)):
-        (tmp_path / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch))
+        (tmp_path / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch, head="{}"))
         env[key] = str(tmp_path / base)
     proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "workflow.sh")], env=env, capture_output=True, text=True,
                           timeout=900)

@@ -19,6 +19,23 @@ def get_logger(name: str | None = None) -> logging.Logger:
     return logger
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """A handler on whatever ``sys.stdout`` is when a record is written, not when the handler was
+    made: a caller that swaps stdout (a notebook, a test's capture that is closed afterwards)
+    would otherwise leave the logger writing to a dead stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler assigns it; the live sys.stdout wins
+        pass
+
+
 def current_rank() -> int:
     """The distributed rank from the launcher's environment (0 when not launched)."""
     return int(os.environ.get("PADDLE_TRAINER_ID", os.environ.get("RANK", "0")))
@@ -35,7 +52,7 @@ def setup_logger(log_file: str | None = None, rank: int | None = None, level: in
         handler.close()
     formatter = logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
     if rank == 0:
-        console = logging.StreamHandler(sys.stdout)
+        console = _ConsoleHandler()
         console.setFormatter(formatter)
         logger.addHandler(console)
     if log_file:
