@@ -9,14 +9,13 @@ all go through here.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
 from medseg.constants import LABELS
-from medseg.utils.atomic import atomic_write_csv, atomic_write_json
+from medseg.utils.atomic import atomic_write_csv, atomic_write_json, read_json_object
 
 META_SUFFIX = "_meta.csv"
 CROP_COLUMNS: tuple[str, ...] = ("crop_y0", "crop_y1", "crop_x0", "crop_x1")
@@ -108,14 +107,4 @@ def write_manifest(dataset_root: str, info: dict) -> None:
 def read_manifest(dataset_root: str) -> dict | None:
     """The prepare manifest of ``dataset_root``; None when there is none (a root prepared before
     manifests existed, or written by another tool); :class:`MetaTableError` when unreadable."""
-    path = manifest_path(dataset_root)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            info = json.load(fh)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise MetaTableError(f"{path}: unreadable prepare manifest ({err})") from err
-    if not isinstance(info, dict):
-        raise MetaTableError(f"{path}: the prepare manifest is not a JSON object")
-    return info
+    return read_json_object(manifest_path(dataset_root), MetaTableError, "prepare manifest")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import sys
@@ -43,6 +42,7 @@ import pandas as pd
 from medseg.config import Config
 from medseg.constants import LABELS
 from medseg.data.split import fold_tags, labelled_folds, write_fold_tables
+from medseg.utils.atomic import atomic_write_json, read_json_object
 from medseg.utils.cli import ArgumentParser, run_cli
 from medseg.utils.logger import get_logger, setup_logger
 
@@ -149,21 +149,11 @@ def _sha(text: str) -> str:
 
 
 def _read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            value = json.load(fh)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise KFoldError(f"{path}: unreadable ({err})") from err
-    if not isinstance(value, dict):
-        raise KFoldError(f"{path}: not a JSON object")
-    return value
+    return read_json_object(path, KFoldError)
 
 
 def check_fingerprint(plan: Plan, write: bool) -> None:
     """Refuse a SAVE_ROOT that holds another experiment's folds; record the fingerprint (``write``)."""
-    from medseg.utils.atomic import atomic_write_json
 
     path = os.path.join(plan.save_root, FINGERPRINT)
     wanted = plan.fingerprint()
@@ -244,7 +234,6 @@ def run_fold(plan: Plan, fold: int) -> dict:
     from medseg.engine.infer_split import infer_split
     from medseg.engine.loader import default_num_workers
     from medseg.engine.tta import resolve_tta
-    from medseg.utils.atomic import atomic_write_json
 
     record = done_record(plan, fold)
     if record is not None:
@@ -306,7 +295,6 @@ def collect(plan: Plan) -> dict:
     from medseg.engine.metrics import evaluate_predictions, weighted_log_loss
     from medseg.outputs.ensemble import ensemble
     from medseg.outputs.predictions import format_examples, read_predictions, write_predictions
-    from medseg.utils.atomic import atomic_write_json
 
     plan.load()
     check_fingerprint(plan, write=False)

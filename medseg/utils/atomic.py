@@ -46,6 +46,22 @@ def atomic_write_json(path: str, obj: Any, durable: bool = True) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", durable=durable)
 
 
+def read_json_object(path: str, error: type[Exception], what: str = "JSON file") -> dict | None:
+    """The JSON object in ``path`` (the counterpart of :func:`atomic_write_json` for records and
+    manifests); None when the file does not exist; ``error`` naming the file when it cannot be read
+    or does not hold an object."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise error(f"{path}: unreadable {what} ({err})") from err
+    if not isinstance(value, dict):
+        raise error(f"{path}: the {what} is not a JSON object")
+    return value
+
+
 def atomic_write_csv(path: str, frame: Any, **kwargs: Any) -> None:
     """``DataFrame.to_csv`` atomically (index off unless asked)."""
     kwargs.setdefault("index", False)
