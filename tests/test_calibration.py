@@ -113,6 +113,7 @@ def test_infer_fits_on_val_and_applies_it(tmp_path):
     assert metrics["weighted_logloss"] == pytest.approx(cal.after["logloss"], rel=1e-3), "fitted on this split"
 
 
+@pytest.mark.slow
 def test_predict_checkpoint_and_export_apply_it(tmp_path):
     from export import main as export_main
     from medseg.export import ExportedModel

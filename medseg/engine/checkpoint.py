@@ -13,7 +13,6 @@ import pickle
 import random
 import re
 import shutil
-import tempfile
 import warnings
 from typing import Any, Iterable
 
@@ -21,7 +20,7 @@ import numpy as np
 import paddle
 
 from medseg.models import weights
-from medseg.utils.atomic import atomic_write_json, replace_dir
+from medseg.utils.atomic import atomic_write_json, staged_dir
 from medseg.utils.logger import get_logger
 
 MODEL_FILE = "model.pdparams"
@@ -49,10 +48,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def _write_dir(final: str, files: dict[str, Any]) -> str:
     """Write ``{name: object}`` (paddle.save for tensors' dicts, pickle for ``.pkl``) atomically."""
-    parent = os.path.dirname(os.path.abspath(final))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp.", dir=parent)
-    try:
+    with staged_dir(final) as tmp:
         for name, obj in files.items():
             path = os.path.join(tmp, name)
             if name.endswith(".pkl"):
@@ -62,10 +58,6 @@ def _write_dir(final: str, files: dict[str, Any]) -> str:
                 atomic_write_json(path, obj)
             else:
                 paddle.save(obj, path)
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

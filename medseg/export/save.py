@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 
 import paddle
@@ -31,7 +30,7 @@ from medseg.engine import checkpoint as ckpt
 from medseg.export.graph import EncoderGraph, HeadGraph, SeriesGraph, check_exportable
 from medseg.export.meta import EXPORT_META, GRAPHS, ExportError, ExportMeta, write_meta
 from medseg.outputs.calibrate import CALIBRATION_FILE, calibration_path
-from medseg.utils.atomic import atomic_write_text, replace_dir
+from medseg.utils.atomic import atomic_write_text, staged_dir
 from medseg.utils.logger import get_logger
 
 logger = get_logger("export")
@@ -63,10 +62,7 @@ def export_model(cfg: Config, checkpoint: str, save_dir: str, windows: tuple[Win
     ckpt.load_params(checkpoint, model, strict=True)
     model.eval()
 
-    parent = os.path.dirname(save_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(save_dir)}.tmp.", dir=parent)
-    try:
+    with staged_dir(save_dir) as tmp:
         image = InputSpec([None, None, channels, height, width], "float32", "image")
         mask = InputSpec([None, None], "bool", "mask")
         slices = InputSpec([None, channels, height, width], "float32", "slices")
@@ -90,10 +86,6 @@ def export_model(cfg: Config, checkpoint: str, save_dir: str, windows: tuple[Win
         atomic_write_text(os.path.join(tmp, "config.yml"), cfg.dump())
         if os.path.isfile(calibration_path(checkpoint)):
             shutil.copy2(calibration_path(checkpoint), os.path.join(tmp, CALIBRATION_FILE))
-        replace_dir(tmp, save_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("exported %s (%s) to %s: input [B, S, %d, %s, %s]", type(model).__name__, checkpoint, save_dir,
                 channels, height if height else "H", width if width else "W")
     return ExportResult(save_dir, meta)

@@ -4,7 +4,8 @@ M is a training checkpoint (``iter_N/``, ``best_model/`` or ``model.pdparams``) 
 written by ``export.py`` (then ``--config`` defaults to the export's ``config.yml``); several
 (``--model A B C``, e.g. the fold models of ``medseg.tools.kfold``) average their probabilities. Writes
 ``OUT/predictions.csv``, ``OUT/predictions.json``, ``OUT/skipped.csv``, ``OUT/report.html`` and
-one PNG per series. ``--tta identity,hflip`` (or the config's ``test_time_augmentation``)
+one PNG per series; with ``--dicom_out DIR`` also a DICOM Structured Report and a Secondary
+Capture series per predicted series, in its study (``DIR/<series UID>/<instance UID>.dcm``). ``--tta identity,hflip`` (or the config's ``test_time_augmentation``)
 averages test-time views of each series (medseg.engine.tta). Exit 0 on success; 2 with a one-line ``error: …`` when nothing readable was
 found or an input is wrong.
 """
@@ -31,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "medseg.tools.kfold): their probabilities are averaged")
     p.add_argument("--dicom_dir", required=True, help="folder searched recursively for DICOM files (any names)")
     p.add_argument("--out", required=True, help="output folder (nothing is written elsewhere)")
+    p.add_argument("--dicom_out", default=None,
+                   help="also write DICOM results here: per predicted series a Structured Report (TID 1500) and a "
+                        "Secondary Capture series of the flagged slices, in the source study (not read as input)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability that flags a slice in the report")
     p.add_argument("--batch_size", "--batch", dest="batch_size", type=int, default=1, help="series per model call")
     p.add_argument("--chunk_size", "--chunk", dest="chunk_size", type=int, default=None,
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_predict(Config(config, args.overrides), args.model, args.dicom_dir, args.out, args.threshold,
                               args.batch_size, args.chunk_size, threads, args.windows, progress=not args.no_progress,
                               saliency=not args.no_saliency, slab_mm=args.slab_mm, min_slices=args.min_slices,
-                              tta=args.tta)
+                              tta=args.tta, dicom_out=args.dicom_out)
         print(summary.format())
 
     return run_cli(job)

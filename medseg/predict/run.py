@@ -1,9 +1,12 @@
-"""``run_predict``: a DICOM folder → predictions.csv, predictions.json, skipped.csv, report.html.
+"""``run_predict``: a DICOM folder → predictions.csv, predictions.json, skipped.csv, report.html
+(and, with ``dicom_out``, an SR and a Secondary Capture series per predicted series:
+:mod:`medseg.predict.dicom_out`). :class:`Predictor` loads the model once for many folders (a
+DICOM node); ``run_predict`` is one Predictor for one folder.
 
 Every series found goes through triage first (:mod:`medseg.predict.triage`): only axial CT
 series are predicted, every other file is named in skipped.csv with its reason. Series are read, preprocessed and predicted ``batch_size`` at a time (padded with the mask like
 training batches), so memory holds one batch of images, not the whole study. Everything is
-written below ``out_dir``; the output folder is never scanned as input even if it lies inside
+written below ``out_dir`` (and ``dicom_out``); neither is scanned as input even if it lies inside
 the DICOM folder.
 """
 
@@ -52,6 +55,7 @@ class PredictSummary:
     flagged_series: int
     seconds: dict[str, float] = field(default_factory=dict)
     not_predicted: int = 0  # series found but not predicted (reasons in skipped.csv)
+    dicom_files: list[str] = field(default_factory=list)  # absolute paths under dicom_out, each series' SR first
 
     def format(self) -> str:
         times = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
@@ -178,16 +182,95 @@ def folder_results(model, root: str, transforms, windows: tuple[Window, ...], ba
     return run.files, run.results, run.skipped, run.seconds
 
 
-def run_predict(cfg: Config, model_path: str | list[str], dicom_dir: str, out_dir: str, threshold: float = 0.5,
-                batch_size: int = 1, chunk_size: int | None = None, threads: int = 1, windows: str | None = None,
-                progress: bool = True, saliency: bool = True, slab_mm: float | None = None,
-                min_slices: int = 1, tta: tuple[str, ...] | None = None) -> PredictSummary:
-    """Predict every axial CT series under ``dicom_dir``; see the module docstring for the outputs.
-    ``saliency``: Grad-CAM maps on the report's large slices (checkpoint models only).
-    ``slab_mm``, ``min_slices``: see :func:`predict_folder`. ``tta``: test-time views (``--tta``),
-    over the config's ``test_time_augmentation``; recorded in predictions.json."""
+class Predictor:
+    """The model(s), transforms, windows, crop mode and TTA views of one config, loaded once:
+    a DICOM node predicts study after study with one model in memory. ``saliency``: Grad-CAM
+    maps on the report's large slices (checkpoint models only); ``tta``: test-time views
+    (``--tta``) over the config's ``test_time_augmentation``."""
+
+    def __init__(self, cfg: Config, model_path: str | list[str], threads: int = 1, chunk_size: int | None = None,
+                 windows: str | None = None, tta: tuple[str, ...] | None = None, saliency: bool = True):
+        start = time.perf_counter()
+        self.cfg = cfg
+        self.models = [model_path] if isinstance(model_path, str) else list(model_path)  # several: their average
+        self.windows = resolve_windows(self.models[0], windows)
+        for path in self.models:
+            check_export_transforms(cfg, path)
+            if resolve_windows(path, windows) != self.windows:
+                raise ValueError(f"{path}: exported for other windows than {self.models[0]} ({format_windows(self.windows)})")
+        self.transforms = build_eval_transforms(eval_transform_config(cfg), f"{cfg.path}: eval transforms")
+        self.crop = eval_crop_mode(cfg)
+        self.test_time = resolve_tta(cfg, tta)
+        self.saliency = saliency
+        self.model = load_models(cfg, self.models, threads=threads, chunk_size=chunk_size, tta=self.test_time)
+        self.load_seconds = time.perf_counter() - start
+
+    def info(self) -> dict:
+        """What predictions.json records about the model side of a run."""
+        return {"model": os.path.abspath(self.models[0]) if len(self.models) == 1 else [os.path.abspath(p) for p in self.models],
+                "model_kind": self.model.kind, "config": os.path.abspath(self.cfg.path) if self.cfg.path else None,
+                "windows": format_windows(self.windows), "crop": self.crop,
+                "test_time_augmentation": tta_record(self.test_time)}
+
+    def predict(self, dicom_dir: str, out_dir: str, threshold: float = 0.5, batch_size: int = 1, progress: bool = True,
+                slab_mm: float | None = None, min_slices: int = 1, dicom_out: str | None = None) -> PredictSummary:
+        """Predict every axial CT series under ``dicom_dir`` into ``out_dir`` (module docstring);
+        ``slab_mm``, ``min_slices``: see :func:`predict_folder`. ``dicom_out``: also write each
+        series' DICOM results there (:mod:`medseg.predict.dicom_out`); neither output folder is
+        read as input."""
+        check_predict_args(dicom_dir, threshold, batch_size, slab_mm, min_slices, dicom_out)
+        root, out_dir = os.path.abspath(dicom_dir), os.path.abspath(out_dir)
+        exclude = (out_dir,) if dicom_out is None else (out_dir, os.path.abspath(dicom_out))
+        start = time.perf_counter()
+        views = ReportViews(self.model, self.transforms, self.windows, threshold, saliency=self.saliency)
+        on_series = views
+        if dicom_out is not None:  # highdicom is imported only when DICOM outputs are asked for
+            from medseg.predict.dicom_capture import CaptureCollector
+            from medseg.predict.dicom_out import write_dicom_outputs
+
+            on_series = CaptureCollector(views)
+        run = predict_folder(self.model, root, self.transforms, self.windows, batch_size, exclude, progress, self.crop,
+                             on_series, slab_mm, min_slices)
+        files, results, skipped, series_info = run.files, run.results, run.skipped, run.series_info
+        seconds = dict(run.seconds)
+        seconds["report_views"] = views.seconds
+
+        paths = output_paths(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+        write_skipped(paths["skipped"], skipped)
+        if not results:
+            raise NothingReadableError(f"{dicom_dir}: no readable CT slice of an axial series among {len(files)} file(s) "
+                                       f"({len(series_info)} series found, none predicted; reasons in {paths['skipped']})")
+        info = {"dicom_dir": root, **self.info(), "slab_mm": slab_mm, "min_slices": min_slices,
+                "files": len(files), "skipped": len(skipped)}
+        dicom_files: list[str] = []
+        dicom: dict[str, dict] = {}
+        if dicom_out is not None:
+            tic = time.perf_counter()
+            written = write_dicom_outputs(dicom_out, root, results, on_series.series, threshold, self)
+            info["dicom_out"] = written.folder
+            dicom_files, dicom = written.paths(), written.by_series()
+            seconds["dicom_out"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        write_predictions_csv(paths["csv"], results)
+        write_predictions_json(paths["json"], results, threshold, info, series_info, dicom)
+        write_report(out_dir, results, skipped, threshold, info, series_info=series_info, views=views.views)
+        seconds["outputs"] = time.perf_counter() - tic
+        seconds["total"] = time.perf_counter() - start
+        summary = PredictSummary(out_dir, len(files), len(results), sum(len(r.slice_ids) for r in results), len(skipped),
+                                 sum(bool(r.flagged(threshold).any()) for r in results), seconds,
+                                 sum(not s.predicted for s in series_info), dicom_files)
+        logger.debug("%s", summary.format())
+        return summary
+
+
+def check_predict_args(dicom_dir: str, threshold: float, batch_size: int, slab_mm: float | None, min_slices: int,
+                       dicom_out: str | None = None) -> None:
+    """One clear error per bad argument of :meth:`Predictor.predict`."""
     if not os.path.isdir(dicom_dir):
         raise FileNotFoundError(f"{dicom_dir}: DICOM folder not found")
+    if dicom_out is not None and os.path.exists(dicom_out) and not os.path.isdir(dicom_out):
+        raise NotADirectoryError(f"{dicom_out}: --dicom_out exists and is not a folder")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
     if batch_size < 1:
@@ -196,46 +279,16 @@ def run_predict(cfg: Config, model_path: str | list[str], dicom_dir: str, out_di
         raise ValueError(f"--slab_mm must be positive, got {slab_mm}")
     if min_slices < 1:
         raise ValueError(f"--min_slices must be at least 1, got {min_slices}")
-    root, out_dir = os.path.abspath(dicom_dir), os.path.abspath(out_dir)
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    models = [model_path] if isinstance(model_path, str) else list(model_path)  # several: their average
-    window_set = resolve_windows(models[0], windows)
-    for path in models:
-        check_export_transforms(cfg, path)
-        if resolve_windows(path, windows) != window_set:
-            raise ValueError(f"{path}: exported for other windows than {models[0]} ({format_windows(window_set)})")
-    transforms = build_eval_transforms(eval_transform_config(cfg), f"{cfg.path}: eval transforms")
-    crop = eval_crop_mode(cfg)
-    test_time = resolve_tta(cfg, tta)
-    model = load_models(cfg, models, threads=threads, chunk_size=chunk_size, tta=test_time)
-    seconds["load_model"] = time.perf_counter() - start
 
-    views = ReportViews(model, transforms, window_set, threshold, saliency=saliency)
-    run = predict_folder(model, root, transforms, window_set, batch_size, (out_dir,), progress, crop, views, slab_mm, min_slices)
-    files, results, skipped, series_info = run.files, run.results, run.skipped, run.series_info
-    seconds.update(run.seconds)
-    seconds["report_views"] = views.seconds
 
-    paths = output_paths(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    write_skipped(paths["skipped"], skipped)
-    if not results:
-        raise NothingReadableError(f"{dicom_dir}: no readable CT slice of an axial series among {len(files)} file(s) "
-                                   f"({len(series_info)} series found, none predicted; reasons in {paths['skipped']})")
-    tic = time.perf_counter()
-    info = {"dicom_dir": root, "model": os.path.abspath(models[0]) if len(models) == 1 else [os.path.abspath(p) for p in models],
-            "model_kind": model.kind,
-            "config": os.path.abspath(cfg.path) if cfg.path else None, "windows": format_windows(window_set), "crop": crop,
-            "slab_mm": slab_mm, "min_slices": min_slices, "files": len(files), "skipped": len(skipped)}
-    info["test_time_augmentation"] = tta_record(test_time)
-    write_predictions_csv(paths["csv"], results)
-    write_predictions_json(paths["json"], results, threshold, info, series_info)
-    write_report(out_dir, results, skipped, threshold, info, series_info=series_info, views=views.views)
-    seconds["outputs"] = time.perf_counter() - tic
-    seconds["total"] = time.perf_counter() - start
-    summary = PredictSummary(out_dir, len(files), len(results), sum(len(r.slice_ids) for r in results), len(skipped),
-                             sum(bool(r.flagged(threshold).any()) for r in results), seconds,
-                             sum(not s.predicted for s in series_info))
-    logger.debug("%s", summary.format())
+def run_predict(cfg: Config, model_path: str | list[str], dicom_dir: str, out_dir: str, threshold: float = 0.5,
+                batch_size: int = 1, chunk_size: int | None = None, threads: int = 1, windows: str | None = None,
+                progress: bool = True, saliency: bool = True, slab_mm: float | None = None,
+                min_slices: int = 1, tta: tuple[str, ...] | None = None, dicom_out: str | None = None) -> PredictSummary:
+    """``Predictor(...).predict(...)`` for one folder (the model load is counted in ``seconds``)."""
+    check_predict_args(dicom_dir, threshold, batch_size, slab_mm, min_slices, dicom_out)
+    predictor = Predictor(cfg, model_path, threads, chunk_size, windows, tta, saliency)
+    summary = predictor.predict(dicom_dir, out_dir, threshold, batch_size, progress, slab_mm, min_slices, dicom_out)
+    summary.seconds = {"load_model": predictor.load_seconds, **summary.seconds,
+                       "total": predictor.load_seconds + summary.seconds["total"]}
     return summary

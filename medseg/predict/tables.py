@@ -89,11 +89,16 @@ def _prediction_entry(r: SeriesResult, threshold: float) -> dict[str, Any]:
 
 
 def predictions_json(results: list[SeriesResult], threshold: float, info: dict[str, Any],
-                     series_info: list[SeriesInfo] = ()) -> dict[str, Any]:
+                     series_info: list[SeriesInfo] = (), dicom: dict[str, dict] | None = None) -> dict[str, Any]:
     """``"series"``: one entry per :class:`SeriesInfo` (all its fields), with the predictions of
     the predicted ones (``n_slices``, ``max``, ``max_slice_idx``, ``slices_above_threshold``,
-    ``slices``); a result without a SeriesInfo is listed by its predictions alone."""
+    ``slices``); a result without a SeriesInfo is listed by its predictions alone. ``dicom``: per
+    series id, the record of its DICOM outputs (``--dicom_out``: files relative to
+    ``info["dicom_out"]``, their UIDs, or why none), under ``"dicom"``."""
     predicted = {r.series_id: _prediction_entry(r, threshold) for r in results}
+    for series_id, record in (dicom or {}).items():
+        if series_id in predicted:
+            predicted[series_id]["dicom"] = record
     series = []
     for entry in series_info:
         series.append({**asdict(entry), **predicted.pop(entry.series_id, {})})
@@ -102,8 +107,8 @@ def predictions_json(results: list[SeriesResult], threshold: float, info: dict[s
 
 
 def write_predictions_json(path: str, results: list[SeriesResult], threshold: float, info: dict[str, Any],
-                           series_info: list[SeriesInfo] = ()) -> None:
-    atomic_write_json(path, predictions_json(results, threshold, info, series_info))
+                           series_info: list[SeriesInfo] = (), dicom: dict[str, dict] | None = None) -> None:
+    atomic_write_json(path, predictions_json(results, threshold, info, series_info, dicom))
 
 
 def write_skipped(path: str, skipped: list[Skipped]) -> None:
