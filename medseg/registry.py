@@ -179,6 +179,7 @@ def _import_components() -> None:
 _COMPONENT_MODULES: list[str] = [
     "medseg.models",
     "medseg.data.dataset",
+    "medseg.data.embeddings",
     "medseg.data.transforms",
     "medseg.data.robust_transforms",
     "medseg.engine.losses",

@@ -47,6 +47,8 @@ def pointed_at(node, root):
 def test_config_builds_model_and_datasets(path, prepared):
     cfg = Config(data=pointed_at(Config(path).dict, prepared))
     cfg.path = path  # error messages name the file
+    if cfg.get("train_dataset.type") == "RSNAEmbeddingDataset":
+        pytest.skip("a stage 2 on saved embeddings: tests/test_embeddings.py trains it on embeddings of its image config")
     paddle.seed(0)
     model = cfg.build("model")
     cfg.build("loss")

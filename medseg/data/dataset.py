@@ -33,6 +33,15 @@ def split_key(key: Any) -> tuple[int, int]:
     return int(key), 0
 
 
+def slice_window(n: int, max_slices: int | None, seed: int, epoch: int, index: int) -> tuple[int, int]:
+    """Slices ``lo:hi`` of an ``n``-slice series: all of them, or a random run of ``max_slices``
+    drawn from its own stream (seed, epoch, index), so that augmentation draws do not depend on it."""
+    if max_slices is None or n <= max_slices:
+        return 0, n
+    lo = int(np.random.default_rng([seed, epoch, index, 1]).integers(0, n - max_slices + 1))
+    return lo, lo + max_slices
+
+
 @DATASETS.add_component
 class RSNASeriesDataset(paddle.io.Dataset):
     """Series of ``DATASET_ROOT/<split>_meta.csv`` (``split`` is any tag: train, val, test,
@@ -185,12 +194,7 @@ class RSNASeriesDataset(paddle.io.Dataset):
 
     def window(self, index: int, epoch: int) -> tuple[int, int]:
         """Slices ``lo:hi`` of the series this item covers (all of them unless ``max_slices``)."""
-        n = self.num_slices(index)
-        if self.max_slices is None or n <= self.max_slices:
-            return 0, n
-        # its own stream, so that the augmentation draws do not depend on the window
-        lo = int(np.random.default_rng([self.seed, epoch, index, 1]).integers(0, n - self.max_slices + 1))
-        return lo, lo + self.max_slices
+        return slice_window(self.num_slices(index), self.max_slices, self.seed, epoch, index)
 
     def __getitem__(self, key: Any) -> dict[str, Any]:
         index, epoch = split_key(key)

@@ -24,6 +24,7 @@ import paddle
 from medseg.config import Config
 from medseg.data.device_augment import to_model_input
 from medseg.data.build import build_dataset
+from medseg.data.embeddings import check_embedding_run
 from medseg.data.sampler import SeriesBatchSampler
 from medseg.engine import checkpoint as ckpt
 from medseg.engine import distributed as dist
@@ -180,6 +181,7 @@ class Trainer:
         # Resume into the float32 model before AMP O2 casts it (checkpoints hold float32 weights and
         # the optimizer's float32 master weights), as PaddleSeg/PaddleClas do.
         state = self._resume(opts.resume_model) if opts.resume_model else {}
+        check_embedding_run(self.model, self.train_dataset, self.val_dataset)  # saved embeddings: one encoder
         self._setup_amp()
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -193,7 +195,9 @@ class Trainer:
         self.model = dist.wrap_model(self.model)
         self.sampler = SeriesBatchSampler(len(self.train_dataset), self.batch_size, shuffle=True, seed=opts.seed,
                                           rank=self.rank, world_size=self.world, pad_shards=True)
-        self.num_workers = loaders.default_num_workers() if opts.num_workers is None else int(opts.num_workers)
+        # A dataset served from memory (saved embeddings) gains nothing from worker processes but their IPC.
+        default_workers = loaders.default_num_workers() if getattr(self.train_dataset, "use_workers", True) else 0
+        self.num_workers = default_workers if opts.num_workers is None else int(opts.num_workers)
         if opts.use_shared_memory and self.num_workers > 0 and len(self.train_dataset):
             loaders.check_shared_memory(self.num_workers, loaders.batch_nbytes(self.train_dataset, self.batch_size))
         self.loader = loaders.make_loader(self.train_dataset, self.sampler, self.num_workers, opts.use_shared_memory)

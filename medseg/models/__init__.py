@@ -7,13 +7,16 @@ from medseg.models.classifier import ICHSequenceClassifier
 from medseg.models.encoders.base import SliceEncoder
 from medseg.models.encoders.cnn import CNNEncoder
 from medseg.models.encoders.swin import SwinTransformer
+from medseg.models.heads.bagged import BaggedSequenceHead
 from medseg.models.heads.base import SequenceHead
 from medseg.models.heads.bigru import BiGRUSequenceHead
 from medseg.models.heads.mlp import SliceMLPHead
 from medseg.models.heads.transformer import TransformerSequenceHead
+from medseg.models.precomputed import PrecomputedEncoder
 from medseg.models.weights import load_pretrained
 
 __all__ = [
+    "BaggedSequenceHead",
     "BiGRUSequenceHead",
     "CNNEncoder",
     "ICHSequenceClassifier",
@@ -22,5 +25,6 @@ __all__ = [
     "SliceEncoder",
     "SwinTransformer",
     "TransformerSequenceHead",
+    "PrecomputedEncoder",
     "load_pretrained",
 ]

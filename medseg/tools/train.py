@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite_save_dir", action="store_true")
     p.add_argument("--amp", choices=["O0", "O1", "O2"], default="O0", help="mixed precision level (GPU only)")
     p.add_argument("--amp_dtype", choices=["float16", "bfloat16"], default="float16")
+    p.add_argument("--bag", type=int, default=None, metavar="N",
+                   help="train N sequence heads with seeds seed..seed+N-1 on the frozen encoder into save_dir/bag_<i>/ and "
+                        "assemble them (logits averaged) in save_dir/bagged/ (overrides the config's bag; 1: no bag)")
     return p.parse_args(argv)
 
 
@@ -69,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                             use_vdl=args.use_vdl, overwrite_save_dir=args.overwrite_save_dir, amp=args.amp,
                             amp_dtype=args.amp_dtype, seed=args.seed, resume_model=args.resume_model,
                             pretrained=args.pretrained)
-        train(cfg, opts)
+        from medseg.engine.bagging import bag_size, train_bag
+
+        bag = bag_size(cfg, args.bag)
+        train_bag(cfg, opts, bag) if bag > 1 else train(cfg, opts)
 
     return run_cli(job)
 
