@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.requirements-installed
 export OMP_NUM_THREADS ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test test-fast venv bench clean browser
+.PHONY: demo test test-fast venv bench clean browser dicom-tools
 
 venv: $(STAMP)
 
@@ -22,8 +22,11 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	PYTHON=$(PYTHON) bash script/demo.sh
 
-test: $(STAMP) browser
-	$(PYTHON) -m pytest -q tests
+# The suite runs in TEST_WORKERS pytest-xdist processes (2: one per core here); most of its time is
+# single-threaded Python start-up and imports of the tools it launches, which two workers overlap.
+TEST_WORKERS ?= 2
+test: $(STAMP) browser dicom-tools
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) tests
 
 # Headless Debian chromium for tests/test_report_browser.py (slow-marked: test-fast does not need it).
 # Installed with apt-get when missing, which needs root; otherwise a clear error.
@@ -32,9 +35,16 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends chromium; \
 	  else echo "make browser: chromium is missing and installing it needs root: sudo apt-get install -y --no-install-recommends chromium" >&2; exit 1; fi; }
 
+# Debian's dicom3tools (dciodvfy validates the DICOM outputs) and Orthanc (the PACS of the node's
+# round-trip test), installed with apt-get when missing, which needs root; otherwise a clear error.
+dicom-tools:
+	@command -v dciodvfy >/dev/null 2>&1 && command -v Orthanc >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends dicom3tools orthanc; \
+	  else echo "make dicom-tools: dciodvfy or Orthanc is missing and installing them needs root: sudo apt-get install -y --no-install-recommends dicom3tools orthanc" >&2; exit 1; fi; }
+
 # Everything but the tests marked slow (multi-process, end-to-end, full-size models): under a minute.
 test-fast: $(STAMP)
-	$(PYTHON) -m pytest -q -m "not slow" tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
 # Every bench runs even when one misses; the misses (exit code, `target: … MISS` lines, last line) are
 # listed at the end, and make fails if there was any. BENCHES=… runs a subset.

@@ -32,7 +32,8 @@
 # Training noise: ABL_TRAIN_SEED_OFFSET=k trains every arm (stage 1 included) with training seed
 # cohort seed + k on the same cohort and split (k = 0, the default, is the runs above); give it its
 # own ABL_OUT. ABL_ARMS (default all four) picks the stage-2 arms; no_context and transformer are required.
-# Env: PYTHON, ABL_OUT, ABL_SEEDS, ABL_PROCS, ABL_SIZE, ABL_SLICES, ABL_SITES (default classic: one scanner; the demo mixes all five), ABL_PRETRAIN_CONFIG, ABL_CONFIG, ABL_TRAIN_SEED_OFFSET, ABL_ARMS.
+# Env: PYTHON, ABL_OUT, ABL_SEEDS, ABL_PROCS, ABL_SIZE, ABL_SLICES, ABL_SITES (default classic: one scanner; the demo mixes all five), ABL_PRETRAIN_CONFIG, ABL_CONFIG, ABL_TRAIN_SEED_OFFSET, ABL_ARMS,
+# ABL_WORKERS (2: the cohort generator's and prepare's processes; 1 for a tiny cohort).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -116,11 +117,11 @@ for seed in $ABL_SEEDS; do
     else
       [ -L "$dir/raw" ] && rm "$dir/raw"  # a RAW link of an earlier run: never write into the user's folder
       "$PYTHON" -m medseg.data.synthetic --out "$dir/raw" --series "${ABL_SERIES:-300}" --seed "$seed" \
-        --size "${ABL_SIZE:-160}" --sites "${ABL_SITES:-classic}" --workers 2 ${ABL_SLICES:+--n_slices "$ABL_SLICES"} \
+        --size "${ABL_SIZE:-160}" --sites "${ABL_SITES:-classic}" --workers "${ABL_WORKERS:-2}" ${ABL_SLICES:+--n_slices "$ABL_SLICES"} \
         --overwrite > "$dir/synthetic.log" 2>&1 || { tail -20 "$dir/synthetic.log"; exit 1; }
     fi
     rm -rf "$dir/prepared"
-    "$PYTHON" -m medseg.data.prepare --raw_root "$dir/raw" --dataset_root "$dir/prepared" --workers 2 \
+    "$PYTHON" -m medseg.data.prepare --raw_root "$dir/raw" --dataset_root "$dir/prepared" --workers "${ABL_WORKERS:-2}" \
       --val_fraction 0.2 --seed "$seed" > "$dir/prepare.log" 2>&1 || { tail -20 "$dir/prepare.log"; exit 1; }
 
     echo "== [$(( $(date +%s) - start ))s] seed $seed: stage 1 (slice_only), $PRETRAIN_ITERS iterations"

@@ -52,9 +52,10 @@
 # (pseudo-label sharpening after the calibration, default 1: none), SEMI_CALIBRATE (default 1:
 # every whole model gets per-class temperatures fitted on the validation split after training, as
 # the demo does; the pseudo-labels and both scores are calibrated; 0: raw probabilities),
-# SEMI_PROCS, SEMI_OUT, SEMI_PSEUDO_FLAGS (more medseg.semi.pseudo_label flags, e.g.
-# "--uncertain_band 0.1 0.9 --drop slice"), SEMI_RATIOS (labelled : pseudo share of the student's
-# epochs; the config's [1, 1]), SEMI_TRAIN_FLAGS (more train.py flags for every run, e.g.
+# SEMI_PROCS, SEMI_WORKERS (2: the cohort generator's and prepare's processes; 1 for a tiny cohort,
+# where starting their pool costs more than it saves), SEMI_OUT, SEMI_PSEUDO_FLAGS (more
+# medseg.semi.pseudo_label flags, e.g. "--uncertain_band 0.1 0.9 --drop slice"), SEMI_RATIOS
+# (labelled : pseudo share of the student's epochs; the config's [1, 1]), SEMI_TRAIN_FLAGS (more train.py flags for every run, e.g.
 # "--batch_size 2" for a tiny cohort).
 set -euo pipefail
 for arg in "$@"; do
@@ -72,6 +73,7 @@ OUT=${SEMI_OUT:-bench_output/semi}
 DATA=$OUT/prepared             # rebuilt for each seed
 SEEDS=${SEMI_SEEDS:-$("$PYTHON" -m medseg.data.cohort_seeds report)}
 PROCS=${SEMI_PROCS:-2}
+WORKERS=${SEMI_WORKERS:-2}  # processes of the cohort generator and of prepare
 TEACHER_ITERS=${TEACHER_ITERS:-1500}
 CALIBRATE=${SEMI_CALIBRATE:-1}
 HEAD_ITERS=${HEAD_ITERS:-150}
@@ -154,9 +156,9 @@ side_cohort() {  # seed-dir purpose series raw prepared: the cohort_seeds <purpo
   echo "   $purpose cohort $raw: generator seed $gseed, $series series, 95 % test"
   rm -rf "$prepared"
   "$PYTHON" -m medseg.data.synthetic --out "$raw" --series "$series" --seed "$gseed" --size "${SEMI_SIZE:-160}" \
-      --test_fraction 0.95 ${SEMI_SLICES:+--n_slices "$SEMI_SLICES"} --workers 2 --overwrite > "$dir/${purpose}_synthetic.log" 2>&1 \
+      --test_fraction 0.95 ${SEMI_SLICES:+--n_slices "$SEMI_SLICES"} --workers "$WORKERS" --overwrite > "$dir/${purpose}_synthetic.log" 2>&1 \
       || { tail -20 "$dir/${purpose}_synthetic.log"; exit 1; }
-  "$PYTHON" -m medseg.data.prepare --raw_root "$raw" --dataset_root "$prepared" --workers 2 --val_fraction 0.2 \
+  "$PYTHON" -m medseg.data.prepare --raw_root "$raw" --dataset_root "$prepared" --workers "$WORKERS" --val_fraction 0.2 \
       --seed "$SEED" > "$dir/${purpose}_prepare.log" 2>&1 || { tail -20 "$dir/${purpose}_prepare.log"; exit 1; }
 }
 
@@ -253,9 +255,9 @@ for SEED in $SEEDS; do
   if [ -z "$RAW" ]; then
     "$PYTHON" -m medseg.data.synthetic --out "$raw" --series "${SEMI_SERIES:-300}" --seed "$SEED" --size "${SEMI_SIZE:-160}" \
         ${SEMI_SLICES:+--n_slices "$SEMI_SLICES"} \
-        --workers 2 --overwrite > "$dir/synthetic.log" 2>&1
+        --workers "$WORKERS" --overwrite > "$dir/synthetic.log" 2>&1
   fi
-  "$PYTHON" -m medseg.data.prepare --raw_root "$raw" --dataset_root "$DATA" --workers 2 --val_fraction 0.2 \
+  "$PYTHON" -m medseg.data.prepare --raw_root "$raw" --dataset_root "$DATA" --workers "$WORKERS" --val_fraction 0.2 \
       --seed "$SEED" 2> "$dir/prepare.log" | tail -n +1
 
   echo "== seed $SEED, 2/6 labelled subset: ${SEMI_FRACTION:-0.3} of the training patients keep their labels"

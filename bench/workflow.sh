@@ -22,7 +22,8 @@
 # RAW=DIR runs on an existing Kaggle-layout folder with stage_2_test_truth.csv instead of
 # generating cohorts (then the seeds vary the patient folds and training only).
 # Env: PYTHON, WF_OUT, WF_SEEDS, WF_FOLDS, WF_PROCS, WF_SERIES, WF_SIZE, WF_SLICES, WF_SITES,
-# WF_PRETRAIN_CONFIG, WF_CONFIG, WF_PRETRAIN_ITERS, WF_ITERS, WF_SAVE_INTERVAL.
+# WF_PRETRAIN_CONFIG, WF_CONFIG, WF_PRETRAIN_ITERS, WF_ITERS, WF_SAVE_INTERVAL, WF_WORKERS (2: the
+# cohort generator's and prepare's processes; 1 for a tiny cohort).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -57,11 +58,11 @@ for seed in $WF_SEEDS; do
   if [ -z "${RAW:-}" ]; then
     echo "== [$(( $(date +%s) - start ))s] seed $seed: cohort -> $raw"
     "$PYTHON" -m medseg.data.synthetic --out "$raw" --series "${WF_SERIES:-300}" --seed "$seed" \
-      --size "${WF_SIZE:-160}" --sites "${WF_SITES:-all}" --workers 2 ${WF_SLICES:+--n_slices "$WF_SLICES"} \
+      --size "${WF_SIZE:-160}" --sites "${WF_SITES:-all}" --workers "${WF_WORKERS:-2}" ${WF_SLICES:+--n_slices "$WF_SLICES"} \
       > "$dir/synthetic.log" 2>&1 || { tail -20 "$dir/synthetic.log"; exit 1; }
   fi
   echo "== [$(( $(date +%s) - start ))s] seed $seed: prepare, $FOLDS patient folds -> $dir/prepared"
-  "$PYTHON" -m medseg.data.prepare --raw_root "$raw" --dataset_root "$dir/prepared" --workers 2 \
+  "$PYTHON" -m medseg.data.prepare --raw_root "$raw" --dataset_root "$dir/prepared" --workers "${WF_WORKERS:-2}" \
     --folds "$FOLDS" --seed "$seed" > "$dir/prepare.log" 2>&1 || { tail -20 "$dir/prepare.log"; exit 1; }
 
   echo "== [$(( $(date +%s) - start ))s] seed $seed: $FOLDS folds x (stage 1 + stage 2), script/kfold.sh -> $dir/kfold"

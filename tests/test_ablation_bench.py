@@ -28,7 +28,7 @@ LINE = re.compile(r"ablation head=(\w+) weighted_logloss=([0-9.]+) ratio_to_slic
 def bench_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ablation")
     env = dict(os.environ, PYTHON=sys.executable, ABL_OUT=str(tmp / "out"), ABL_SEEDS="1 2", ABL_SERIES="8",
-               ABL_SIZE="64", ABL_SLICES="6", ABL_PRETRAIN_ITERS="4", ABL_ITERS="2", ABL_PROCS="1",
+               ABL_SIZE="64", ABL_SLICES="6", ABL_PRETRAIN_ITERS="4", ABL_ITERS="2", ABL_PROCS="1", ABL_WORKERS="1",
                ABL_ARMS=" ".join(TARGET_ARMS))
     for key, base, batch in (("ABL_PRETRAIN_CONFIG", "demo_cpu_pretrain.yml", 4), ("ABL_CONFIG", "demo_cpu.yml", 1)):
         (tmp / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch, head="{}"))

@@ -2,7 +2,6 @@
 validation score the run logged and exactly the weights of that iteration, also across a resume."""
 
 import json
-import os
 import re
 
 import numpy as np

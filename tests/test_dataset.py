@@ -161,7 +161,7 @@ def test_fused_warp_matches_transforms_applied_one_by_one():
     image = np.stack([(yy * 4) % 256, (xx * 5) % 256, (yy + xx) % 256], -1).astype(np.uint8)
     image = cv2.GaussianBlur(image, (0, 0), 1.5)
     run = [RandomResizedCrop(32, (0.8, 1.2)), HorizontalFlip(), VerticalFlip(), RandomRotation(180)]
-    fused, one_by_one = Compose(run, fuse=True), Compose(run, fuse=False)
+    fused = Compose(run, fuse=True)
     for params in ([(1.2, 1.1, 0.3, 0.6), True, True, 90.0], [(0.8, 0.9, 0.7, 0.2), False, True, 33.0]):
         a = fused._apply(fused._stages[0], image, params)
         b = image

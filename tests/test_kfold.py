@@ -349,7 +349,7 @@ def test_workflow_bench_toy(tmp_path):
     the ratios of the scores of the files it wrote, and its exit status follows the targets."""
     env = dict(os.environ, PYTHON=sys.executable, WF_OUT=str(tmp_path / "out"), WF_SEEDS="1", WF_FOLDS="2",
                WF_SERIES="12", WF_SIZE="64", WF_SLICES="6", WF_PRETRAIN_ITERS="4", WF_ITERS="2", WF_PROCS="2",
-               WF_SAVE_INTERVAL="2")
+               WF_SAVE_INTERVAL="2", WF_WORKERS="1")
     for key, base, batch in (("WF_PRETRAIN_CONFIG", "demo_cpu_pretrain.yml", 4), ("WF_CONFIG", "demo_cpu.yml", 1)):
         (tmp_path / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch, head="{}"))
         env[key] = str(tmp_path / base)

@@ -18,7 +18,6 @@ from medseg.outputs.predictions import (
     TableError,
     kaggle_to_wide,
     read_predictions,
-    read_table,
     wide_to_kaggle,
     write_predictions,
 )

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from medseg.constants import CLASS_WEIGHTS, LABELS
 from medseg.registry import METRICS
@@ -73,6 +72,10 @@ def per_class_auc(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
     Soft labels are binarised at 0.5 (AUC is defined for binary truth only).
     """
+    # Imported here: scikit-learn (with scipy.stats) is ~1 s of CPU at import, paid by every
+    # train.py/infer.py process that never asks for an AUC.
+    from sklearn.metrics import roc_auc_score
+
     y_true, y_pred, _ = _check_pair(y_true, y_pred, np.ones(np.shape(y_true)[-1]))
     y_bin = y_true >= 0.5
     out = np.full(y_true.shape[1], np.nan)
