@@ -24,9 +24,10 @@ demo: $(STAMP)
 
 # The suite runs in TEST_WORKERS pytest-xdist processes (2: one per core here); most of its time is
 # single-threaded Python start-up and imports of the tools it launches, which two workers overlap.
+# --dist loadscope keeps each test file on one worker, so a file's shared fixture runs once.
 TEST_WORKERS ?= 2
 test: $(STAMP) browser dicom-tools
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests
 
 # Headless Debian chromium for tests/test_report_browser.py (slow-marked: test-fast does not need it).
 # Installed with apt-get when missing, which needs root; otherwise a clear error.
@@ -44,7 +45,7 @@ dicom-tools:
 
 # Everything but the tests marked slow (multi-process, end-to-end, full-size models): under a minute.
 test-fast: $(STAMP)
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow" tests
 
 # Every bench runs even when one misses; the misses (exit code, `target: … MISS` lines, last line) are
 # listed at the end, and make fails if there was any. BENCHES=… runs a subset.

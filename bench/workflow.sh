@@ -17,7 +17,7 @@
 # and exits 1 when a target is missed unless --no_fail (or BENCH_NO_FAIL=1), as every bench.
 # Seeds: the report cohorts (python -m medseg.data.cohort_seeds report). Budget: the demo's, 300
 # series, stage 1 800 iterations, stage 2 150, per fold: about K times the demo's training per
-# seed (not yet run at full size). A rerun continues (the cohort and the prepared cache are
+# seed (2026-12-06: 7,855 s for the three seeds on 2 shared cores). A rerun continues (the cohort and the prepared cache are
 # reused, finished folds kept: medseg.tools.kfold); change WF_OUT with the settings.
 # RAW=DIR runs on an existing Kaggle-layout folder with stage_2_test_truth.csv instead of
 # generating cohorts (then the seeds vary the patient folds and training only).
