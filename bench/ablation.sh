@@ -35,12 +35,7 @@
 # Env: PYTHON, ABL_OUT, ABL_SEEDS, ABL_PROCS, ABL_SIZE, ABL_SLICES, ABL_SITES (default classic: one scanner; the demo mixes all five), ABL_PRETRAIN_CONFIG, ABL_CONFIG, ABL_TRAIN_SEED_OFFSET, ABL_ARMS,
 # ABL_WORKERS (2: the cohort generator's and prepare's processes; 1 for a tiny cohort).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-.venv/bin/python}
-"$PYTHON" bench/provenance.py  # commit, UTC time, CPU, cores, load, versions: what produced the numbers below
-FAIL=1
-case ${BENCH_NO_FAIL:-0} in ""|0) ;; *) FAIL=0 ;; esac
-[ "${1:-}" = "--no_fail" ] && FAIL=0
+source "$(dirname "$0")/start.sh"  # repository root, $PYTHON, the provenance line, FAIL (--no_fail / BENCH_NO_FAIL)
 OUT=${ABL_OUT:-bench_output/ablation}
 PROCS=${ABL_PROCS:-2}
 PRETRAIN_CONFIG=${ABL_PRETRAIN_CONFIG:-config/demo_cpu_pretrain.yml}

@@ -25,12 +25,7 @@
 # WF_PRETRAIN_CONFIG, WF_CONFIG, WF_PRETRAIN_ITERS, WF_ITERS, WF_SAVE_INTERVAL, WF_WORKERS (2: the
 # cohort generator's and prepare's processes; 1 for a tiny cohort).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-.venv/bin/python}
-"$PYTHON" bench/provenance.py  # commit, UTC time, CPU, cores, load, versions: what produced the numbers below
-FAIL=1
-case ${BENCH_NO_FAIL:-0} in ""|0) ;; *) FAIL=0 ;; esac
-[ "${1:-}" = "--no_fail" ] && FAIL=0
+source "$(dirname "$0")/start.sh"  # repository root, $PYTHON, the provenance line, FAIL (--no_fail / BENCH_NO_FAIL)
 OUT=${WF_OUT:-bench_output/workflow}
 FOLDS=${WF_FOLDS:-3}
 PROCS=${WF_PROCS:-2}
