@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from medseg.data.neighbours import resolve_config as resolve_neighbours
 from medseg.registry import ConfigError, build
 
 BASE_KEY = "_base_"
@@ -133,6 +134,7 @@ class Config:
         if data:
             base = merge(base, data)
         self.dict = apply_overrides(base, self.overrides)
+        resolve_neighbours(self.dict, path or "<config>")  # the one ``neighbours: k`` reaches every dataset and encoder
 
     def __getitem__(self, key: str) -> Any:
         return self.dict[key]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole job on the embedded synthetic cohort (what `make demo` runs): synthetic cohort ->
-# prepare -> train (stage 1: slice encoder; stage 2: sequence model on it) -> calibrate on the
-# validation split -> infer the test split -> submission -> report. Training runs data-parallel, one process per core
-# (paddle.distributed.launch, gloo on CPU), as on a GPU node.
+# prepare -> train stage 1 (the slice encoder; data-parallel, one process per core:
+# paddle.distributed.launch, gloo on CPU, as on a GPU node) -> save the encoder's slice embeddings
+# -> train stage 2 (the sequence model) on them -> calibrate on the validation embeddings -> join
+# head and encoder into one model -> infer the test split with it -> submission -> report.
 # Every step can be rerun: the cohort and the prepared cache are reused when complete.
 # The cohort is the first `report` seed of medseg/data/cohort_seeds.py (DEMO_SEED to change it; the
 # recipe was developed on other cohorts). RAW=DIR (or DEMO_RAW=DIR) runs the same job on an existing
@@ -16,7 +17,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_OUT:-demo_output}
 PRETRAIN_CONFIG=${DEMO_PRETRAIN_CONFIG:-config/demo_cpu_pretrain.yml}
-CONFIG=${DEMO_CONFIG:-config/demo_cpu.yml}
+CONFIG=${DEMO_CONFIG:-config/demo_cpu.yml}          # the image model (embedding and inference)
+EMBED_CONFIG=${DEMO_EMBED_CONFIG:-config/demo_cpu_embed.yml}  # stage 2 on the saved embeddings
 SERIES=${DEMO_SERIES:-300}
 SIZE=${DEMO_SIZE:-160}
 PROCS=${DEMO_PROCS:-2}           # training processes (one OpenMP thread each)
@@ -30,20 +32,23 @@ RAW=${GIVEN:-$OUT/raw}
 # One OpenMP thread per process: the demo's MobileNet is made of small ops that a second thread
 # slows down (measured here: 2.06 s per training step with 1 thread, 2.86 s with 2).
 export OMP_NUM_THREADS=${DEMO_THREADS:-1} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# Embedding and inference run in one process: one OpenMP thread and one loader process decoding the
+# cache beside it (2026-12-06, 2 cores: 140 slices/s, against 110 with two threads).
+EMBED_THREADS=${DEMO_EMBED_THREADS:-1} EMBED_WORKERS=${DEMO_EMBED_WORKERS:-1}
 start=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
 
 if [ -n "$GIVEN" ]; then
   [ -d "$RAW" ] || { echo "RAW=$RAW: not a directory (expected the Kaggle layout: stage_2_train/, stage_2_train.csv, ...)" >&2; exit 2; }
-  step "1/8 cohort: $RAW (given)"
+  step "1/10 cohort: $RAW (given)"
 else
   SEED=${DEMO_SEED:-$("$PYTHON" -m medseg.data.cohort_seeds report | cut -d' ' -f1)}
-  step "1/8 synthetic cohort ($SERIES series, ${SIZE} px, sites $SITES, seed $SEED) -> $RAW"
+  step "1/10 synthetic cohort ($SERIES series, ${SIZE} px, sites $SITES, seed $SEED) -> $RAW"
   "$PYTHON" -m medseg.data.synthetic --out "$RAW" --series "$SERIES" --seed "$SEED" --size "$SIZE" --workers 2 \
     --sites "$SITES" ${SLICES:+--n_slices "$SLICES"}
 fi
 
-step "2/8 prepare (DICOM -> meta tables + window cache) -> $OUT/prepared"
+step "2/10 prepare (DICOM -> meta tables + window cache) -> $OUT/prepared"
 "$PYTHON" -m medseg.data.prepare --raw_root "$RAW" --dataset_root "$OUT/prepared" --workers 2 --val_fraction 0.2 --seed 42
 
 data=(-o "train_dataset.dataset_root=$OUT/prepared" -o "val_dataset.dataset_root=$OUT/prepared")
@@ -55,34 +60,46 @@ train() {  # name config extra-args...: train.py on $PROCS processes -> $OUT/<na
     --seed 0 "$@"
 }
 
-step "3/8 train stage 1, the slice encoder: $PRETRAIN_CONFIG -> $OUT/pretrain"
+step "3/10 train stage 1, the slice encoder: $PRETRAIN_CONFIG -> $OUT/pretrain"
 train pretrain "$PRETRAIN_CONFIG" --save_interval 100000 ${DEMO_PRETRAIN_ITERS:+--iters "$DEMO_PRETRAIN_ITERS"}
 encoder=$(ls -d "$OUT"/pretrain/iter_* | sort -t_ -k2 -n | tail -1)
 
-step "4/8 train stage 2, the sequence model: $CONFIG from $encoder -> $OUT/train"
-train train "$CONFIG" --pretrained "$encoder" --do_eval --save_interval "${DEMO_SAVE_INTERVAL:-100}" \
-  ${DEMO_ITERS:+--iters "$DEMO_ITERS"}
+step "4/10 embed the train and validation slices once with the stage-1 encoder -> $OUT/embeddings"
+# One process with both cores: the encoder's forward pass on every slice, saved (float16) so that
+# stage 2 trains on features instead of running the frozen encoder at every step.
+OMP_NUM_THREADS=$EMBED_THREADS "$PYTHON" -m medseg.tools.embed --config "$CONFIG" "${data[@]}" --model "$encoder" \
+  --split train --split val --out "$OUT/embeddings" --num_workers "$EMBED_WORKERS"
 
-model=$OUT/train/best_model
-rm -f "$model/calibration.json"
+step "5/10 train stage 2, the sequence model, on the embeddings: $EMBED_CONFIG -> $OUT/train"
+embedded=(-o "train_dataset.embeddings=$OUT/embeddings" -o "val_dataset.embeddings=$OUT/embeddings")
+"$PYTHON" train.py --config "$EMBED_CONFIG" "${embedded[@]}" --pretrained "$encoder" --save_dir "$OUT/train" \
+  --overwrite_save_dir --seed 0 --do_eval --save_interval "${DEMO_SAVE_INTERVAL:-100}" ${DEMO_ITERS:+--iters "$DEMO_ITERS"}
+
+head=$OUT/train/best_model
+rm -f "$head/calibration.json"
 report_args=()   # the report shows the calibration error before and after
 if [ "$CALIBRATE" = 1 ]; then
-  report_args=(--calibration "$model/calibration.json")
-  step "5/8 calibrate on the validation split -> $model/calibration.json"
-  "$PYTHON" -m medseg.outputs.calibrate --config "$CONFIG" "${data[@]}" --resume_model "$model"
+  report_args=(--calibration "$head/calibration.json")
+  step "6/10 calibrate on the validation embeddings -> $head/calibration.json"
+  "$PYTHON" -m medseg.outputs.calibrate --config "$EMBED_CONFIG" "${embedded[@]}" --resume_model "$head"
 else
-  step "5/8 calibration: off (DEMO_CALIBRATE=0)"
+  step "6/10 calibration: off (DEMO_CALIBRATE=0)"
 fi
 
-step "6/8 infer the test split -> $OUT/predictions_test.csv"
-"$PYTHON" infer.py --config "$CONFIG" "${data[@]}" --resume_model "$model" \
+model=$OUT/model
+step "7/10 join the stage-2 head and the stage-1 encoder into one model -> $model"
+rm -rf "$model"
+"$PYTHON" -m medseg.tools.embed join --head "$head" --out "$model" --encoder "$encoder"
+
+step "8/10 infer the test split (DICOM-derived slices through the joined model) -> $OUT/predictions_test.csv"
+OMP_NUM_THREADS=$EMBED_THREADS "$PYTHON" infer.py --config "$model/config.yml" "${data[@]}" --resume_model "$model" \
   --split test --output "$OUT/predictions_test.csv"
 
-step "7/8 Kaggle submission -> $OUT/submission.csv"
+step "9/10 Kaggle submission -> $OUT/submission.csv"
 "$PYTHON" -m medseg.outputs.submission --pred "$OUT/predictions_test.csv" \
   --sample "$RAW/stage_2_sample_submission.csv" --out "$OUT/submission.csv"
 
-step "8/8 evaluation report on the test split -> $OUT/report"
+step "10/10 evaluation report on the test split -> $OUT/report"
 echo "demo finished in $(( $(date +%s) - start ))s"
 if [ ! -f "$RAW/stage_2_test_truth.csv" ]; then
   echo "$RAW/stage_2_test_truth.csv not found: the test labels are unknown, no score (predictions: $OUT/predictions_test.csv)"

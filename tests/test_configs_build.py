@@ -56,10 +56,11 @@ def test_config_builds_model_and_datasets(path, prepared):
     val = build_dataset(cfg, "val_dataset")
     assert len(train) > 0 and len(val) == SPLITS["val"]
     size = int(cfg.get("model.encoder.img_size"))
+    channels = 3 * (2 * int(cfg.get("neighbours", 0)) + 1)  # 3 windows of each of the 2k + 1 stacked slices
     for item in (val[0], train[0]):  # as the trainer and evaluator feed the model (CPU or device augmentation)
         batch = to_model_input(collate_series([item]))
         slices = len(item["slice_ids"])
-        assert tuple(batch["image"].shape) == (1, slices, 3, size, size), (batch["image"].shape, size)
+        assert tuple(batch["image"].shape) == (1, slices, channels, size, size), (batch["image"].shape, size)
     model.eval()
     with paddle.no_grad():
         image, mask = (x if isinstance(x, paddle.Tensor) else paddle.to_tensor(x) for x in (batch["image"], batch["mask"]))

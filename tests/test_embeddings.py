@@ -240,6 +240,16 @@ def test_the_joined_model_predicts_as_the_frozen_encoder_model_with_the_same_wei
     assert "not the encoder the embeddings" in capsys.readouterr().err
 
 
+def test_test_time_views_on_saved_embeddings_are_refused(setup, trained, capsys):
+    """A flip of a feature vector is no view of a slice: infer.py --tta on embeddings stops in one line."""
+    pred = str(setup["base"] / "tta_on_embeddings.csv")
+    assert infer_tool.main(["--config", trained["config"], "--resume_model", os.path.join(trained["save"], "best_model"),
+                            "--split", "val", "--output", pred, "--num_workers", "0", "--tta", "identity,hflip"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no test-time views" in err and "medseg-embed --tta" in err
+    assert not os.path.exists(pred)
+
+
 def _load(config: str, path: str, overrides: list[str] | None = None) -> paddle.nn.Layer:
     model = Config(config, overrides or []).build("model")
     ckpt.load_params(path, model, strict=True)

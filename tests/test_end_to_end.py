@@ -1,5 +1,5 @@
-"""The demo pipeline in miniature: synthetic cohort → prepare → train (encoder, then sequence model
-on it, each on two processes) → infer → submission → report.
+"""The demo pipeline in miniature: synthetic cohort → prepare → train the encoder (two processes) →
+embed → train the sequence model on the embeddings → calibrate → join → infer → submission → report.
 
 Runs `script/demo.sh` itself (what `make demo` runs) on a tiny cohort and a tiny model, so the
 shell glue, the CLIs and the file formats between the stages are all exercised together.
@@ -13,6 +13,8 @@ import subprocess
 import sys
 
 import pytest
+
+from medseg.models.encoders.cnn import CNNEncoder
 
 pytestmark = pytest.mark.slow  # end to end (script/demo.sh)
 
@@ -38,6 +40,14 @@ val_dataset:
     - {{type: ToCHW}}
 """
 
+TINY_EMBED = """
+_base_: {base}
+iters: 4
+model:
+  encoder: {{feature_dim: {width}}}
+  head: {{hidden_size: 16}}
+"""
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
@@ -47,6 +57,10 @@ def demo_run(tmp_path_factory):
                                      ("CONFIG", "demo_cpu.yml", 1, "{hidden_size: 16}")):  # stage 2: BiGRU head
         configs[f"DEMO_{stage}"] = str(tmp / base)
         (tmp / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch, head=head))
+    # stage 2 on the embeddings: the demo's embeddings config on the tiny image config, its features as wide
+    width = CNNEncoder(arch="mobilenet_v3_small", scale=0.5).feature_dim
+    configs["DEMO_EMBED_CONFIG"] = str(tmp / "demo_cpu_embed.yml")
+    (tmp / "demo_cpu_embed.yml").write_text(TINY_EMBED.format(base=os.path.join(ROOT, "config", "demo_cpu_embed.yml"), width=width))
     env = dict(os.environ, PYTHON=sys.executable, DEMO_OUT=str(tmp / "out"), DEMO_SERIES="8", DEMO_SIZE="64",
                DEMO_SLICES="6", DEMO_SAVE_INTERVAL="2", DEMO_PROCS="2", OMP_NUM_THREADS="1", **configs)
     proc = subprocess.run(["bash", os.path.join(ROOT, "script", "demo.sh")], env=env, capture_output=True,
@@ -79,16 +93,20 @@ def test_demo_submission_matches_the_sample(demo_run):
 def test_demo_left_a_checkpoint_and_a_report(demo_run):
     out, stdout = demo_run
     assert (out / "pretrain" / "iter_4").is_dir()
-    assert f"from {out / 'pretrain' / 'iter_4'}" in stdout  # stage 2 starts from stage 1 ...
-    assert re.search(r"loaded \d+ tensors, \d+ model tensors not in the file, 0 file tensors unused", stdout)
-    assert (out / "logs" / "train" / "workerlog.1").is_file()  # two training processes
-    for rank in (0, 1):  # the partial load is reported once, not as a Paddle warning per missing tensor
-        assert "Skip loading for" not in (out / "logs" / "train" / f"workerlog.{rank}").read_text()
+    # the embeddings are the stage-1 encoder's, and stage 2 starts from its slice head (2 tensors)
+    assert re.search(rf"{out / 'pretrain' / 'iter_4'}/model.pdparams: loaded \d+ tensors, \d+ model tensors not in the file, 0 file tensors unused", stdout)
+    assert f"{out / 'pretrain' / 'iter_4'}/model.pdparams: loaded 2 tensors" in stdout
+    assert (out / "logs" / "pretrain" / "workerlog.1").is_file()  # stage 1 on two training processes
+    assert "Skip loading for" not in stdout  # the partial load is reported once, not as a Paddle warning per tensor
+    assert (out / "embeddings" / "manifest.json").is_file()
     assert (out / "train" / "best_model").is_dir()
     assert (out / "train" / "iter_4").is_dir()
     assert (out / "report" / "index.html").is_file()
-    # step 5 calibrated on the validation split; the report shows the calibration error before/after
+    # step 6 calibrated on the validation embeddings; the joined model carries the calibration, and
+    # the report shows the calibration error before/after
     assert (out / "train" / "best_model" / "calibration.json").is_file()
+    assert (out / "model" / "calibration.json").is_file()
+    assert (out / "model" / "config.yml").is_file()
     assert re.search(r"^ece before=[0-9.]+ after=[0-9.]+", stdout, re.M)
     for name in ("train_meta.csv", "val_meta.csv", "test_meta.csv", "prepare_errors.csv"):
         assert (out / "prepared" / name).is_file(), name

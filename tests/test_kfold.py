@@ -30,7 +30,8 @@ from medseg.outputs import ensemble as ensemble_tool
 from medseg.outputs.predictions import read_predictions
 from medseg.tools import kfold
 from medseg.utils.logger import setup_logger
-from test_end_to_end import TINY  # the demo configs at toy scale (iterations set by the bench's knobs)
+from medseg.models.encoders.cnn import CNNEncoder
+from test_end_to_end import TINY, TINY_EMBED  # the demo configs at toy scale (iterations set by the bench's knobs)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 3
@@ -332,7 +333,8 @@ def test_kfold_script_launches_each_fold_left(tmp_path):
     assert calls[3] == ["-m", "medseg.tools.kfold", "collect", *common] and len(calls) == 4
 
 
-WORKFLOW_LINE = re.compile(r"workflow (folds|tta) ratio=([0-9.]+) sd=(nan|[0-9.]+) target=(0\.95|0\.98) (met|missed)")
+WORKFLOW_LINE = re.compile(r"workflow (folds|tta|bagging|neighbours) ratio=([0-9.]+) sd=(nan|[0-9.]+) target=(0\.95|0\.98) (met|missed)")
+SPEED_LINE = re.compile(r"workflow embed_speed ratio=([0-9.]+) target=30 (met|missed)")
 
 
 def test_workflow_bench_prints_provenance_then_refuses_a_missing_raw_folder(tmp_path):
@@ -349,17 +351,24 @@ def test_workflow_bench_toy(tmp_path):
     the ratios of the scores of the files it wrote, and its exit status follows the targets."""
     env = dict(os.environ, PYTHON=sys.executable, WF_OUT=str(tmp_path / "out"), WF_SEEDS="1", WF_FOLDS="2",
                WF_SERIES="12", WF_SIZE="64", WF_SLICES="6", WF_PRETRAIN_ITERS="4", WF_ITERS="2", WF_PROCS="2",
-               WF_SAVE_INTERVAL="2", WF_WORKERS="1")
-    for key, base, batch in (("WF_PRETRAIN_CONFIG", "demo_cpu_pretrain.yml", 4), ("WF_CONFIG", "demo_cpu.yml", 1)):
+               WF_SAVE_INTERVAL="2", WF_WORKERS="1", WF_SPEED_ITERS="4", WF_BAG="2")
+    for key, base, batch in (("WF_PRETRAIN_CONFIG", "demo_cpu_pretrain.yml", 4), ("WF_CONFIG", "demo_cpu.yml", 1),
+                             ("WF_PRETRAIN_CONFIG_25D", "demo_cpu_pretrain_25d.yml", 4), ("WF_CONFIG_25D", "demo_cpu_25d.yml", 1)):
         (tmp_path / base).write_text(TINY.format(base=os.path.join(ROOT, "config", base), batch=batch, head="{}"))
         env[key] = str(tmp_path / base)
+    width = CNNEncoder(arch="mobilenet_v3_small", scale=0.5).feature_dim
+    (tmp_path / "embed.yml").write_text(TINY_EMBED.format(base=os.path.join(ROOT, "config", "demo_cpu_embed.yml"), width=width)
+                                        .replace("head: {hidden_size: 16}", "head: {}"))
+    env["WF_EMBED_CONFIG"] = str(tmp_path / "embed.yml")
     proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "workflow.sh")], env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("provenance: commit=")
-    parsed = [WORKFLOW_LINE.fullmatch(line) for line in lines[-2:]]
-    assert all(parsed), lines[-4:]
+    parsed = [WORKFLOW_LINE.fullmatch(line) for line in lines[-6:-4] + lines[-2:]]  # folds, tta, bagging, neighbours
+    assert all(parsed), lines[-7:]
+    speed = SPEED_LINE.fullmatch(lines[-3])
+    assert speed, lines[-4:]
     seed = tmp_path / "out" / "seed_1"
     truth = pd.read_csv(seed / "raw" / "stage_2_test_truth.csv")
     from medseg.outputs.predictions import kaggle_to_wide
@@ -375,9 +384,22 @@ def test_workflow_bench_toy(tmp_path):
     assert float(parsed[0].group(2)) == pytest.approx(folds, abs=1e-4)
     assert float(parsed[1].group(2)) == pytest.approx(tta, abs=1e-4)
     assert (parsed[0].group(5) == "met") == (folds <= 0.95) and (parsed[1].group(5) == "met") == (tta <= 0.98)
+    bag = loss(seed / "bagging" / "bag_test.csv") / loss(seed / "bagging" / "one_test.csv")
+    neighbours = loss(seed / "kfold_25d" / "fold_0" / "predictions_test.csv") / loss(seed / "kfold" / "fold_0" / "predictions_test.csv")
+    assert float(parsed[2].group(2)) == pytest.approx(bag, abs=1e-4)
+    assert float(parsed[3].group(2)) == pytest.approx(neighbours, abs=1e-4)
+    record = json.loads((seed / "speed.json").read_text())
+    assert float(speed.group(1)) == pytest.approx(record["image_s_per_iter"] / record["embeddings_s_per_iter"], rel=1e-2)
+    # the same start, data and steps: the arms differ by where the features come from (float32 both)
+    assert record["max_abs_diff"] <= 1e-4, record
+    bagged = json.loads((seed / "bagging" / "heads" / "bagged" / "bag.json").read_text())
+    assert len(bagged["members"]) == 2
     time_line = next(line for line in lines if line.startswith("run time "))
     time_met = time_line.endswith("met)")
-    assert proc.returncode == (0 if folds <= 0.95 and tta <= 0.98 and time_met else 1)
+    speed_met = speed.group(2) == "met"
+    assert (speed_met) == (float(speed.group(1)) >= 30 and record["max_abs_diff"] <= 1e-4)
+    assert proc.returncode == (0 if folds <= 0.95 and tta <= 0.98 and time_met and bag <= 0.98 and neighbours <= 0.95
+                               and speed_met else 1)
     assert re.search(r"^fold +slices", proc.stdout, re.M)  # kfold's table, printed per seed
     report = json.loads((seed / "kfold" / "fold_report.json").read_text())
     assert report["complete"] and report["n_folds"] == 2

@@ -19,8 +19,23 @@ import numpy as np
 
 from medseg.config import Config
 from medseg.data.dataset import ConcatSeriesDataset
+from medseg.data.neighbours import KEY as NEIGHBOURS
+from medseg.data.neighbours import check_neighbours, input_channels
 from medseg.data.transforms import Compose, ToCHW, Transform
 from medseg.registry import DATASETS, TRANSFORMS, ConfigError, build
+
+
+def config_neighbours(cfg: Config) -> int:
+    """The config's ``neighbours`` (k slices on each side stacked as channels; 0: the 2-D model)."""
+    try:
+        return check_neighbours(cfg.get(NEIGHBOURS, 0), cfg.path or "<config>")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def config_input_channels(cfg: Config, windows: int) -> int:
+    """Channels of the model's input slices: ``windows`` per slice, ``2k + 1`` slices."""
+    return input_channels(windows, config_neighbours(cfg))
 
 
 def eval_section(cfg: Config) -> str:

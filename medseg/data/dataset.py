@@ -19,6 +19,7 @@ from medseg.constants import LABELS
 from medseg.data.cache import CacheFormatError, open_series
 from medseg.data.crop import DEFAULT_CROP, check_crop_mode
 from medseg.data.meta import CROP_COLUMNS, DATASET_COLUMNS, MANIFEST, MetaTableError, meta_path, read_manifest, read_meta_file, sort_meta
+from medseg.data.neighbours import check_neighbours, neighbour_span, stack_neighbours
 from medseg.data.transforms import Compose, ToCHW, Transform
 from medseg.registry import DATASETS
 from medseg.utils.logger import get_logger
@@ -70,12 +71,19 @@ class RSNASeriesDataset(paddle.io.Dataset):
     released sampler, ``fuse: false`` and the CPU path (``augment_on_device: false``) the slices
     equal the release's bit for bit (the fused cubic warp differs by
     2.6 grey levels on average: :class:`medseg.data.transforms.RandomResizedCrop`).
+
+    ``neighbours`` (k, default 0; set by the config's top-level ``neighbours``): each slice
+    carries slices s-k..s+k of its series as channels, all windows of each, neighbour-major
+    (:mod:`medseg.data.neighbours`). Stacked before the transforms, so one draw warps all
+    neighbours of a slice alike; neighbours come from the whole series even when ``max_slices``
+    cuts a run (edges repeat the edge slice).
     """
 
     def __init__(self, dataset_root: str, split: str = "train", transforms: Sequence[Transform] = (),
                  per_slice: bool = True, seed: int = 0, max_slices: int | None = None, augment_on_device: bool = False,
-                 crop: str | None = None, fuse: bool = True):
+                 crop: str | None = None, fuse: bool = True, neighbours: int = 0):
         super().__init__()
+        self.neighbours = check_neighbours(neighbours, f"{split} dataset")
         if max_slices is not None and int(max_slices) < 1:
             raise ValueError(f"{split} dataset: max_slices must be a positive number of slices or null, got {max_slices}")
         self.max_slices = None if max_slices is None else int(max_slices)
@@ -189,6 +197,25 @@ class RSNASeriesDataset(paddle.io.Dataset):
         except CacheFormatError as err:
             raise ValueError(f"{err} (series {self.series_ids[index]}; rerun the prepare step to rebuild it)") from err
 
+    def input_slices(self, index: int, lo: int, hi: int) -> Iterable[np.ndarray]:
+        """The model's slices ``lo:hi`` before the transforms: the head crops themselves
+        (:meth:`iter_slices`), or with ``neighbours`` their stacks (:meth:`stacked_slices`)."""
+        if not self.neighbours:
+            return self.iter_slices(index, lo, hi)
+        return self.stacked_slices(index, range(lo, hi))
+
+    def stacked_slices(self, index: int, centres: Sequence[int]) -> list[np.ndarray]:
+        """Slices ``centres`` (series positions, ascending) each with its ``neighbours`` stacked
+        as channels (:func:`medseg.data.neighbours.stack_neighbours`), read in one span that the
+        series' edges clamp."""
+        start, end = int(self.starts[index]), int(self.ends[index])
+        lo, hi = neighbour_span(end - start, centres, self.neighbours)
+        crops = self.load_slices(index, lo, hi)
+        try:
+            return stack_neighbours(crops, self.boxes[start + lo:start + hi], self.neighbours, [c - lo for c in centres])
+        except ValueError as err:
+            raise ValueError(f"{self.cache_paths[index]}: {err} (series {self.series_ids[index]}, boxes of {self.meta_file})") from None
+
     def rng(self, index: int, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, index])
 
@@ -200,7 +227,7 @@ class RSNASeriesDataset(paddle.io.Dataset):
         index, epoch = split_key(key)
         lo, hi = self.window(index, epoch)
         start = int(self.starts[index])
-        return self.make_item(index, self.iter_slices(index, lo, hi), np.arange(start + lo, start + hi), self.rng(index, epoch))
+        return self.make_item(index, self.input_slices(index, lo, hi), np.arange(start + lo, start + hi), self.rng(index, epoch))
 
     def make_item(self, index: int, slices: Iterable[np.ndarray], rows: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
         """The item of series ``index`` from its cropped ``slices`` (meta ``rows``, in order; a
@@ -217,9 +244,7 @@ class RSNASeriesDataset(paddle.io.Dataset):
             image = self.transforms.stack(slices, rng, deferred=True)
             normalize = self.transforms.final_normalize()
             if image.dtype == np.uint8 and normalize is not None:  # [S, H, W, C]: finished in the batch step
-                channels = image.shape[-1]
-                fields = {"image": image, "norm": np.stack([np.broadcast_to(normalize.mean, (channels,)),
-                                                            np.broadcast_to(normalize.std, (channels,))]).astype(np.float32)}
+                fields = {"image": image, "norm": np.stack(normalize.per_channel(image.shape[-1])).astype(np.float32)}
             else:
                 fields = {"image": image.astype(np.float32, copy=False)}
         return {

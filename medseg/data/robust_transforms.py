@@ -98,13 +98,14 @@ class ScannerNoise(SeriesTransform):
         if params is None or params[0] <= 0:
             return image
         sigma, grain, noise_rng = params
-        if image.shape[-1] != len(self.widths):
+        if image.shape[-1] % len(self.widths):  # a stacked neighbour slice repeats the windows
             raise ValueError(f"ScannerNoise: image has {image.shape[-1]} channels, windows give {len(self.widths)}")
+        widths = np.tile(self.widths, image.shape[-1] // len(self.widths))
         field = noise_rng.standard_normal(image.shape[:2], dtype=np.float32)
         if grain >= 0.2:
             field = cv2.GaussianBlur(field, (0, 0), grain)
             field /= max(float(field.std()), 1e-6)
-        noisy = image.astype(np.float32) + field[..., None] * (np.float32(sigma * 255.0) / self.widths)
+        noisy = image.astype(np.float32) + field[..., None] * (np.float32(sigma * 255.0) / widths)
         return np.where(_unsaturated(image), to_uint8(noisy), image)
 
 
@@ -185,6 +186,8 @@ class WindowJitter(SeriesTransform):
     def apply(self, image: np.ndarray, params: Any) -> np.ndarray:
         if params is None:
             return image
-        if image.shape[-1] != params.shape[-1]:
+        if image.shape[-1] % params.shape[-1]:  # a stacked neighbour slice repeats the windows
             raise ValueError(f"WindowJitter: image has {image.shape[-1]} channels, windows give {params.shape[-1]}")
+        if image.shape[-1] != params.shape[-1]:
+            params = np.tile(params, (1, 1, image.shape[-1] // params.shape[-1]))
         return cv2.LUT(image, params).reshape(image.shape)

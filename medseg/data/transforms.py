@@ -62,6 +62,34 @@ def contiguous_pixels(image: np.ndarray) -> np.ndarray:
 
 
 INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+WINDOW_GROUP = 3  # channels per slice: a stacked neighbour slice is warped three channels at a time
+
+
+def _by_groups(fn, image: np.ndarray) -> np.ndarray | None:
+    """``fn`` applied to each run of ``WINDOW_GROUP`` channels of an image with more than 4
+    (a stacked neighbour slice, :mod:`medseg.data.neighbours`), or None for any other image.
+    OpenCV's warps take at most 4 channels, and its 9-channel resize rounds differently from the
+    3-channel one, so each slice's windows go through the 2-D path, bit for bit."""
+    if image.ndim != 3 or image.shape[2] <= 4:
+        return None
+    # cv2 splits and interleaves planes ~4x faster than numpy's strided channel copies (measured)
+    h, w = image.shape[:2]
+    planes = cv2.split(image)
+    parts = [fn(cv2.merge(planes[c:c + WINDOW_GROUP]).reshape(h, w, -1)) for c in range(0, len(planes), WINDOW_GROUP)]
+    out = cv2.merge([plane for part in parts for plane in cv2.split(part)])
+    return out.reshape(*parts[0].shape[:2], image.shape[2])
+
+
+def per_window(values: np.ndarray, channels: int, what: str) -> np.ndarray:
+    """Per-channel ``values`` for ``channels`` channels: one value for all, one per channel, or one
+    per window repeated for every neighbour of a stacked slice (``channels`` a multiple of their
+    count); a clear error otherwise."""
+    values = np.asarray(values).reshape(-1)
+    if values.size in (1, channels):
+        return np.broadcast_to(values, (channels,))
+    if values.size and channels % values.size == 0:
+        return np.tile(values, channels // values.size)
+    raise ValueError(f"{what}: {values.size} values for {channels} channels (give 1, one per window, or {channels})")
 
 
 def _warp(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int], interpolation: str = "linear") -> np.ndarray:
@@ -71,7 +99,11 @@ def _warp(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int], interp
     warp and not the 3-channel one, so pad + warp + drop is ~45 % less CPU, bit for bit the same
     (measured on 512² CT crops to 224 px). A crop from the cache already has 4-byte pixels.
     Bicubic is the other way round (448 × 406 to 224 px: 3 channels ~0.43 ms, 4 channels + drop
-    ~0.67 ms, the same bits), so a cubic warp takes the 3 channels."""
+    ~0.67 ms, the same bits), so a cubic warp takes the 3 channels. A stacked neighbour slice is
+    warped one slice's channels at a time (:func:`_by_groups`)."""
+    grouped = _by_groups(lambda part: _warp(part, matrix, out_hw, interpolation), image)
+    if grouped is not None:
+        return grouped
     if interpolation != "linear":
         out = cv2.warpAffine(contiguous_pixels(image), matrix, (out_hw[1], out_hw[0]),
                              flags=INTERPOLATIONS[interpolation], borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -157,6 +189,9 @@ class Resize(AffineTransform):
         return _scale_matrix(self.size[0] / in_hw[0], self.size[1] / in_hw[1]), self.size
 
     def apply(self, image: np.ndarray, params: Any) -> np.ndarray:
+        grouped = _by_groups(lambda part: self.apply(part, params), image)
+        if grouped is not None:
+            return grouped
         out = cv2.resize(image, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR)
         return out[..., None] if out.ndim == 2 and image.ndim == 3 else out
 
@@ -285,6 +320,9 @@ class RandomResizedCrop(AffineTransform):
         """Alone (not fused): the released sampler crops and ``cv2.resize``s as the release does."""
         if self.sampler != "released":
             return super().apply(image, params)
+        grouped = _by_groups(lambda part: self.apply(part, params), image)
+        if grouped is not None:
+            return grouped
         y0, x0, h, w = self.released_crop(image.shape[0], image.shape[1], params)[:4]
         out = cv2.resize(contiguous_pixels(image)[y0:y0 + h, x0:x0 + w], (self.size[1], self.size[0]),
                          interpolation=INTERPOLATIONS[self.interpolation])
@@ -360,7 +398,8 @@ class RandomRotation(AffineTransform):
 
 @TRANSFORMS.add_component
 class Normalize(Transform):
-    """uint8 → float32: ``(x / 255 - mean) / std`` per channel (defaults keep [0, 1])."""
+    """uint8 → float32: ``(x / 255 - mean) / std`` per channel (defaults keep [0, 1]). A mean or std
+    per window applies to that window of every neighbour of a stacked slice (:meth:`per_channel`)."""
 
     def __init__(self, mean: float | Sequence[float] = 0.0, std: float | Sequence[float] = 1.0):
         self.mean = np.asarray(mean, dtype=np.float32)
@@ -369,10 +408,16 @@ class Normalize(Transform):
             raise ValueError(f"Normalize: std must be positive, got {std!r}")
         self._tables: dict[int, np.ndarray] = {}
 
+    def per_channel(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)``, one float32 value per channel of a ``channels``-channel image."""
+        return (per_window(self.mean, channels, "Normalize mean").astype(np.float32),
+                per_window(self.std, channels, "Normalize std").astype(np.float32))
+
     def _table(self, channels: int) -> np.ndarray:
         if channels not in self._tables:
             values = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
-            table = np.broadcast_to(((values - self.mean) / self.std).astype(np.float32), (256, channels))
+            mean, std = self.per_channel(channels)
+            table = np.broadcast_to(((values - mean) / std).astype(np.float32), (256, channels))
             self._tables[channels] = np.ascontiguousarray(table.reshape(1, 256, channels) if channels > 1 else table[:, :1].reshape(1, 256))
         return self._tables[channels]
 
@@ -382,12 +427,15 @@ class Normalize(Transform):
             # One table look-up per pixel (cv2.LUT keeps the table's float32 depth) instead of
             # three float passes: the loader's hottest step after the warps.
             return cv2.LUT(image, self._table(channels)).reshape(image.shape)
-        return ((image.astype(np.float32) * np.float32(1 / 255.0)) - self.mean) / self.std
+        if image.dtype == np.uint8:  # a stacked neighbour slice: the same table values, gathered
+            return self._table(channels).reshape(256, channels)[image, np.arange(channels)]
+        mean, std = self.per_channel(channels)
+        return ((image.astype(np.float32) * np.float32(1 / 255.0)) - mean) / std
 
     def apply_chw(self, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``apply`` then ``ToCHW`` in one pass: one table look-up per channel plane, written
         straight into the C × H × W result (or ``out``); Compose uses it for ``[Normalize, ToCHW]``."""
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] > 4:
+        if image.dtype != np.uint8 or image.ndim != 3:
             result = ToCHW().apply(self.apply(image, None), None)
             if out is None:
                 return result
@@ -595,8 +643,7 @@ class Compose:
             cuts.append([_normalised(np.linalg.inv(suffix), hw, out_hw) for suffix, hw in slice_cuts])
         plan = DevicePlan(inverse=np.asarray(inverse, np.float64).reshape(len(out), 3, 3), out_hw=tuple(out_hw),
                           cuts=np.asarray(cuts, np.float32).reshape(len(out), -1, 2, 3),
-                          mean=np.broadcast_to(normalize.mean, (out[0].shape[2],)).astype(np.float32),
-                          std=np.broadcast_to(normalize.std, (out[0].shape[2],)).astype(np.float32),
+                          mean=normalize.per_channel(out[0].shape[2])[0], std=normalize.per_channel(out[0].shape[2])[1],
                           interpolation=run_interpolation(run))
         return out, plan
 

@@ -163,7 +163,10 @@ def load_params(path: str, model: paddle.nn.Layer, strict: bool = True) -> str:
     """Load weights into ``model``; shapes must fit (and, if ``strict``, the keys must match).
 
     A state dict saved by the paper's released code is recognised by its names and renamed to
-    ours, its buffers checked against ours (``weights.convert_easymia``).
+    ours, its buffers checked against ours (``weights.convert_easymia``). Not ``strict``
+    (``train.py --pretrained``): a one-slice first-layer kernel loads into the centre block of a
+    model that takes neighbour slices (``weights.widen_kernel``); a strict load (resume, infer,
+    export, predict) needs the config the checkpoint was trained with.
     """
     file = _model_file(path)
     try:
@@ -177,9 +180,16 @@ def load_params(path: str, model: paddle.nn.Layer, strict: bool = True) -> str:
             raise CheckpointError(str(err)) from err
         logger.info(report.summary(file))
     own = model.state_dict()
+    widened = weights.widened_inputs(model)
     for key, value in params.items():
         if key in own and list(own[key].shape) != list(value.shape):
-            raise CheckpointError(f"{file}: {key} has shape {list(value.shape)}, the model built from the config needs {list(own[key].shape)}")
+            wide = weights.widen_kernel(_numpy(value), own[key].shape, widened[key]) if key in widened else None
+            if wide is None or strict:
+                hint = " (a checkpoint of the 2-D model: start from it with train.py --pretrained)" if wide is not None else ""
+                raise CheckpointError(f"{file}: {key} has shape {list(value.shape)}, the model built from the config needs "
+                                      f"{list(own[key].shape)}{hint}")
+            logger.info(weights.widen_line(file, key, value.shape, own[key].shape, widened[key]))
+            params[key] = wide
     missing = [k for k in own if k not in params]
     unexpected = [k for k in params if k not in own]
     if strict and (missing or unexpected):
@@ -192,6 +202,10 @@ def load_params(path: str, model: paddle.nn.Layer, strict: bool = True) -> str:
         warnings.filterwarnings("ignore", message="Skip loading for ", category=UserWarning)
         model.set_state_dict(_cast_to_model(file, {k: v for k, v in params.items() if k in own}, own))
     return file
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
 
 
 def _cast_to_model(file: str, params: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:

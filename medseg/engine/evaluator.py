@@ -102,6 +102,11 @@ def predict_dataset(model: paddle.nn.Layer, dataset, batch_size: int = 1, num_wo
                     sharded: bool = True, amp: dict[str, Any] | None = None,
                     tta: TTA | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """(predictions CSV frame of docs/design.md, the matching labels [N, 6]); ``tta``: see :func:`predict_shard`."""
+    if tta is not None and tta.active and getattr(dataset, "manifest", None) is not None:
+        # Saved embeddings are one feature vector per slice: a flip of them is no view of the slice.
+        raise ValueError(f"{dataset.root}: saved embeddings have no test-time views to add (made with "
+                         f"views {'+'.join(dataset.manifest.get('tta') or ['identity'])}); views are chosen when "
+                         "they are made (medseg-embed --tta), or predict the joined model on images with --tta")
     shard = predict_shard(model, dataset, batch_size, num_workers, sharded=sharded, amp=amp, tta=tta)
     return gather_predictions(shard, len(dataset), across_ranks=sharded)
 

@@ -24,7 +24,7 @@ from paddle.static import InputSpec
 
 from medseg.config import Config
 from medseg.constants import DEFAULT_WINDOWS, LABELS
-from medseg.data.build import build_eval_transforms, eval_transform_config, model_input_shape
+from medseg.data.build import build_eval_transforms, config_input_channels, config_neighbours, eval_transform_config, model_input_shape
 from medseg.data.windows import Window, format_windows
 from medseg.engine import checkpoint as ckpt
 from medseg.export.graph import EncoderGraph, HeadGraph, SeriesGraph, check_exportable
@@ -57,7 +57,9 @@ def export_model(cfg: Config, checkpoint: str, save_dir: str, windows: tuple[Win
     save_dir = os.path.abspath(save_dir)
     _prepare_target(save_dir)
     transform_spec = eval_transform_config(cfg)
-    channels, height, width = model_input_shape(build_eval_transforms(transform_spec), len(windows))
+    # With neighbours (k) each slice carries 2k + 1 slices' windows: C(2k + 1) input channels.
+    neighbours = config_neighbours(cfg)
+    channels, height, width = model_input_shape(build_eval_transforms(transform_spec), config_input_channels(cfg, len(windows)))
     model = check_exportable(cfg.build("model"))
     ckpt.load_params(checkpoint, model, strict=True)
     model.eval()
@@ -80,7 +82,7 @@ def export_model(cfg: Config, checkpoint: str, save_dir: str, windows: tuple[Win
             labels=list(LABELS), windows=format_windows(windows), transforms=transform_spec,
             sequential=model.head is not None, chunk_size=model.encoder.chunk_size,
             checkpoint=os.path.abspath(checkpoint), config=os.path.abspath(cfg.path) if cfg.path else None,
-            paddle_version=paddle.__version__,
+            paddle_version=paddle.__version__, extra={"neighbours": neighbours} if neighbours else {},
         )
         write_meta(tmp, meta)
         atomic_write_text(os.path.join(tmp, "config.yml"), cfg.dump())

@@ -17,7 +17,10 @@ Key maps (``key_map:``), each a function ``source key → our key`` (``None`` = 
   (:func:`convert_easymia`).
 - ``auto``: whichever of the above loads the most tensors (ties: the fewest unexpected keys).
 Tensors whose shape differs (e.g. a 1000-class ImageNet head vs our 6 outputs) are not loaded
-and are listed in the report.
+and are listed in the report, except the first convolution of an encoder that takes neighbour
+slices (``neighbours: k``, :mod:`medseg.data.neighbours`): a kernel ``[O, C, kh, kw]`` for one
+slice loads into the centre block of its ``[O, C(2k+1), kh, kw]``, the other blocks zero
+(:func:`widen_kernel`), so the model starts as the 2-D one; one log line says so.
 
 Released weights saw uint8 / 255 inputs without mean or std; :func:`check_released_input_scale`
 is the one check, called wherever a config meets a weights file (train, infer, export, predict),
@@ -182,6 +185,36 @@ def convert_easymia(state: dict, model: paddle.nn.Layer, path: str = "checkpoint
     return params, report
 
 
+def widened_inputs(layer: paddle.nn.Layer) -> dict[str, int]:
+    """``{state-dict key: 2k + 1}`` of the widened first-convolution kernels in ``layer``: those
+    of every encoder in it with ``neighbours`` > 0 (:class:`medseg.models.encoders.base.SliceEncoder`)."""
+    found = {}
+    for prefix, sub in layer.named_sublayers(include_self=True):
+        k, name = getattr(sub, "neighbours", 0), getattr(sub, "input_conv", None)
+        if isinstance(k, int) and k > 0 and isinstance(name, str):
+            found[f"{prefix + '.' if prefix else ''}{name}.weight"] = 2 * k + 1
+    return found
+
+
+def widen_kernel(value: np.ndarray, shape: Sequence[int], blocks: int) -> np.ndarray | None:
+    """A one-slice kernel ``[O, C, kh, kw]`` as the centre block of ``shape`` ``[O, C·blocks, kh,
+    kw]`` (zeros elsewhere), or None when ``value`` is not such a kernel."""
+    value = np.asarray(value)
+    shape = tuple(int(v) for v in shape)
+    if (value.ndim != 4 or len(shape) != 4 or shape[0] != value.shape[0] or shape[2:] != value.shape[2:]
+            or shape[1] != value.shape[1] * blocks):
+        return None
+    out = np.zeros(shape, dtype=value.dtype)
+    centre = blocks // 2 * value.shape[1]
+    out[:, centre:centre + value.shape[1]] = value
+    return out
+
+
+def widen_line(path: str, key: str, file_shape: Sequence[int], shape: Sequence[int], blocks: int) -> str:
+    return (f"{path}: {key} {list(file_shape)} loaded into the centre block of {list(shape)} "
+            f"(the other {blocks - 1} neighbour blocks start at zero: the model starts as the 2-D one)")
+
+
 @dataclass
 class LoadReport:
     """What happened to each tensor: loaded, left at its initial value, or skipped."""
@@ -193,6 +226,7 @@ class LoadReport:
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (ours, file shape, our shape)
     unexpected: list[str] = field(default_factory=list)  # the file's, no counterpart here
     skipped: list[str] = field(default_factory=list)  # the file's derived buffers
+    widened: list[tuple[str, tuple]] = field(default_factory=list)  # (ours, file shape): a one-slice kernel in a widened first layer's centre
 
     def summary(self, max_names: int = 8) -> str:
         def names(items: list) -> str:
@@ -230,9 +264,11 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     raise ValueError(f"{path}: unsupported weights format {ext!r} (use .safetensors or .pdparams)")
 
 
-def _match(state: dict[str, np.ndarray], target: dict[str, paddle.Tensor], key_map: Callable, path: str, name: str) -> tuple[LoadReport, dict]:
+def _match(state: dict[str, np.ndarray], target: dict[str, paddle.Tensor], key_map: Callable, path: str, name: str,
+           widened: dict[str, int] | None = None) -> tuple[LoadReport, dict]:
     report = LoadReport(path=path, key_map=name)
     updates: dict[str, np.ndarray] = {}
+    widened = widened or {}
     for src, value in state.items():
         dst = key_map(src)
         if dst is None:
@@ -240,7 +276,12 @@ def _match(state: dict[str, np.ndarray], target: dict[str, paddle.Tensor], key_m
         elif dst not in target:
             report.unexpected.append(src)
         elif tuple(value.shape) != tuple(target[dst].shape):
-            report.mismatched.append((dst, tuple(value.shape), tuple(target[dst].shape)))
+            wide = widen_kernel(value, target[dst].shape, widened[dst]) if dst in widened else None
+            if wide is None:
+                report.mismatched.append((dst, tuple(value.shape), tuple(target[dst].shape)))
+            else:
+                updates[dst] = wide
+                report.widened.append((dst, tuple(value.shape)))
         else:
             updates[dst] = value
     report.loaded = sorted(updates)
@@ -265,13 +306,17 @@ def load_pretrained(layer: paddle.nn.Layer, path: str, key_map: str | Callable =
         candidates = {key_map: KEY_MAPS[key_map]}
     else:
         raise ValueError(f"unknown key_map {key_map!r}; known: auto, {', '.join(KEY_MAPS)}")
-    best = max((_match(state, target, fn, path, name) for name, fn in candidates.items()), key=lambda r: (len(r[1]), -len(r[0].unexpected)))
+    widened = widened_inputs(layer)
+    best = max((_match(state, target, fn, path, name, widened) for name, fn in candidates.items()),
+               key=lambda r: (len(r[1]), -len(r[0].unexpected)))
     report, updates = best
     if not updates:
         raise ValueError(f"{path}: no tensor matches {type(layer).__name__} ({report.summary()})")
     for key, value in updates.items():
         tensor = target[key]
         tensor.set_value(value.astype(str(tensor.dtype).split(".")[-1], copy=False))
+    for key, file_shape in report.widened:
+        logger.info(widen_line(path, key, file_shape, target[key].shape, widened[key]))
     logger.info(report.summary())
     return report
 

@@ -84,7 +84,7 @@ class CaptureCollector:
                 view = by_index[i]
                 slices.append(CaptureSlice(i, view.image, probs[i].copy(), view.saliency))
             else:
-                image = np.clip(np.rint((series.image[i, 0] - self.views.lo) * scale), 0, 255).astype(np.uint8)
+                image = np.clip(np.rint((series.image[i, self.views.channel] - self.views.lo) * scale), 0, 255).astype(np.uint8)
                 slices.append(CaptureSlice(i, image, probs[i].copy(), None))
         note = shown.note or f"no map: not among the report's {shown.cap} large slices"
         self.series.append(SeriesCaptures(series.series_id, len(probs), slices, bool(len(flagged)), shown.window,

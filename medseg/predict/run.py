@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from medseg.config import Config
 from medseg.constants import DEFAULT_WINDOWS, LABELS
-from medseg.data.build import build_eval_transforms, eval_section, eval_transform_config
+from medseg.data.build import build_eval_transforms, config_input_channels, config_neighbours, eval_section, eval_transform_config
 from medseg.data.collate import collate_series
 from medseg.data.crop import DEFAULT_CROP, check_crop_mode
 from medseg.data.windows import Window, format_windows, parse_windows
@@ -87,11 +87,18 @@ def resolve_windows(model_path: str, windows: str | None) -> tuple[Window, ...]:
     return parse_windows(windows) if windows else DEFAULT_WINDOWS
 
 
-def check_export_transforms(cfg: Config, model_path: str) -> None:
-    """An exported model must be fed the preprocessing it was exported with."""
-    if model_kind(model_path) == "export" and read_meta(model_path).transforms != eval_transform_config(cfg):
+def check_export_transforms(cfg: Config, model_path: str, windows: int | None = None) -> None:
+    """An exported model must be fed the preprocessing it was exported with (and, given the
+    number of ``windows``, the input channels the config's ``neighbours`` make)."""
+    if model_kind(model_path) != "export":
+        return
+    meta = read_meta(model_path)
+    if meta.transforms != eval_transform_config(cfg):
         raise ValueError(f"{model_path}: the eval transforms of {cfg.path} differ from those the model was exported with "
                          f"(use the export's config.yml)")
+    if windows is not None and meta.channels != config_input_channels(cfg, windows):
+        raise ValueError(f"{model_path}: exported for {meta.channels} input channels, {cfg.path} gives "
+                         f"{config_input_channels(cfg, windows)} (neighbours: {config_neighbours(cfg)}; use the export's config.yml)")
 
 
 def eval_crop_mode(cfg: Config) -> str:
@@ -121,13 +128,14 @@ def batch_probabilities(model, inputs: list[SeriesInput]) -> list[np.ndarray]:
 def predict_folder(model, root: str, transforms, windows: tuple[Window, ...], batch_size: int = 1,
                    exclude: tuple[str, ...] = (), progress: bool = True, crop: str = DEFAULT_CROP,
                    on_series: Callable[[SeriesInput, np.ndarray], None] | None = None,
-                   slab_mm: float | None = None, min_slices: int = 1) -> FolderRun:
+                   slab_mm: float | None = None, min_slices: int = 1, neighbours: int = 0) -> FolderRun:
     """Discover, triage, read, preprocess (``crop`` mode: :func:`eval_crop_mode`) and predict every
     series under ``root`` that triage keeps (nothing is written). ``on_series(input,
     probabilities)`` is called per predicted series, in the order of the results, while its model
     input is in memory (the report's large slices and saliency maps:
     :class:`medseg.predict.saliency.ReportViews`). ``slab_mm``: average thin series into slabs of
-    about that many mm; ``min_slices``: leave out series with fewer slices.
+    about that many mm; ``min_slices``: leave out series with fewer slices; ``neighbours``: k
+    neighbour slices stacked as channels (the config's, :func:`config_neighbours`).
     """
     seconds = {"scan": 0.0, "read": 0.0, "preprocess": 0.0, "model": 0.0}
     tic = time.perf_counter()
@@ -143,7 +151,7 @@ def predict_folder(model, root: str, transforms, windows: tuple[Window, ...], ba
     for group in _batches(triage.series, batch_size):
         inputs = []
         for item in group:
-            loaded, bad = load_series(item, root, windows, transforms, slice_ids, crop, slab_mm)
+            loaded, bad = load_series(item, root, windows, transforms, slice_ids, crop, slab_mm, neighbours)
             skipped += bad
             entry = info[item.series_id]
             if loaded is None:
@@ -194,8 +202,9 @@ class Predictor:
         self.cfg = cfg
         self.models = [model_path] if isinstance(model_path, str) else list(model_path)  # several: their average
         self.windows = resolve_windows(self.models[0], windows)
+        self.neighbours = config_neighbours(cfg)
         for path in self.models:
-            check_export_transforms(cfg, path)
+            check_export_transforms(cfg, path, len(self.windows))
             if resolve_windows(path, windows) != self.windows:
                 raise ValueError(f"{path}: exported for other windows than {self.models[0]} ({format_windows(self.windows)})")
         self.transforms = build_eval_transforms(eval_transform_config(cfg), f"{cfg.path}: eval transforms")
@@ -222,7 +231,8 @@ class Predictor:
         root, out_dir = os.path.abspath(dicom_dir), os.path.abspath(out_dir)
         exclude = (out_dir,) if dicom_out is None else (out_dir, os.path.abspath(dicom_out))
         start = time.perf_counter()
-        views = ReportViews(self.model, self.transforms, self.windows, threshold, saliency=self.saliency)
+        views = ReportViews(self.model, self.transforms, self.windows, threshold, saliency=self.saliency,
+                            neighbours=self.neighbours)
         on_series = views
         if dicom_out is not None:  # highdicom is imported only when DICOM outputs are asked for
             from medseg.predict.dicom_capture import CaptureCollector
@@ -230,7 +240,7 @@ class Predictor:
 
             on_series = CaptureCollector(views)
         run = predict_folder(self.model, root, self.transforms, self.windows, batch_size, exclude, progress, self.crop,
-                             on_series, slab_mm, min_slices)
+                             on_series, slab_mm, min_slices, self.neighbours)
         files, results, skipped, series_info = run.files, run.results, run.skipped, run.series_info
         seconds = dict(run.seconds)
         seconds["report_views"] = views.seconds

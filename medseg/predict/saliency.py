@@ -35,6 +35,7 @@ import paddle
 
 from medseg.constants import LABELS
 from medseg.data.build import apply_transforms
+from medseg.data.neighbours import centre_channels
 from medseg.data.transforms import Compose
 from medseg.data.windows import Window
 from medseg.models.encoders.cnn import POOLS, CNNEncoder
@@ -196,13 +197,16 @@ def input_range(transforms: Compose, channels: int) -> tuple[float, float]:
 class ReportViews:
     """Collects the large slices (and their maps) of each predicted series while its model input
     is still in memory: ``medseg.predict.run.folder_results`` calls it once per series, in the
-    order of the results. ``views`` lines up with those results; ``seconds`` is the time spent."""
+    order of the results. ``views`` lines up with those results; ``seconds`` is the time spent.
+    With ``neighbours`` (k) a slice shows its own first window, input channel ``k × windows``
+    (``channel``)."""
 
     def __init__(self, model, transforms: Compose, windows: tuple[Window, ...], threshold: float,
-                 saliency: bool = True, top_k: int = TOP_K, cap: int = MAX_SHOWN):
+                 saliency: bool = True, top_k: int = TOP_K, cap: int = MAX_SHOWN, neighbours: int = 0):
         self.net, self.note = saliency_network(model) if saliency else (None, "no saliency: turned off (--no_saliency)")
         self.method = next((m for cls, m in METHOD.items() if isinstance(getattr(self.net, "encoder", None), cls)), "")
         self.lo, self.hi = input_range(transforms, len(windows))
+        self.channel = centre_channels(len(windows), neighbours).start
         centre, width = windows[0]
         self.window = f"{centre:g}/{width:g}"
         self.threshold, self.top_k, self.cap = threshold, top_k, cap
@@ -213,7 +217,7 @@ class ReportViews:
         """``series``: a :class:`medseg.predict.study.SeriesInput`; ``probs`` [S, 6] head to foot."""
         tic = time.perf_counter()
         shown, candidates = shown_slices(probs, self.threshold, self.top_k, self.cap)
-        first = series.image[shown, 0]
+        first = series.image[shown, self.channel]
         images = np.clip(np.rint((first - self.lo) * (255.0 / (self.hi - self.lo))), 0, 255).astype(np.uint8)
         maps: list[np.ndarray | None] = [None] * len(shown)
         note, method = self.note, self.method

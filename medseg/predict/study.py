@@ -6,7 +6,9 @@ like the dataset crops (``volume[i, y0:y1, x0:x1]``) and transformed by the conf
 transforms. Nothing here reimplements a preprocessing step, so predict sees a study exactly as
 validation did. With ``crop: released`` the model also takes the slices in the release's order
 (``SeriesInput.order``); results stay head to foot. With ``slab_mm`` a thin series is averaged
-into slabs first (:func:`slab_groups`; docs/design.md, "Series triage").
+into slabs first (:func:`slab_groups`; docs/design.md, "Series triage"). With ``neighbours`` each
+slice carries its neighbours in the model's order as the dataset stacks them
+(:func:`medseg.data.neighbours.stack_neighbours` on the crops and their boxes).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from medseg.data.build import apply_transforms
 from medseg.data.crop import DEFAULT_CROP, RELEASED, crop_box, released_boxes, released_order
+from medseg.data.neighbours import stack_neighbours
 from medseg.data.series_volume import SeriesTask, build_volume
 from medseg.data.transforms import Compose
 from medseg.data.windows import Window, apply_windows
@@ -41,7 +44,7 @@ class SeriesInput:
     files: list[str]  # relative to the DICOM folder
     slice_ids: list[str]
     positions: np.ndarray  # mm along the slice normal; NaN when ordered by InstanceNumber
-    image: np.ndarray  # float32 [S, C, H, W]
+    image: np.ndarray  # float32 [S, C, H, W]; with neighbours C = windows × (2k + 1), the centre slice's in the middle
     thumbnails: np.ndarray  # uint8 [S, THUMB_PX, THUMB_PX], first window (brain), cropped
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # "read" (decode + window + crop box), "preprocess"
@@ -122,14 +125,26 @@ def _slab_position(positions: list[tuple[float, float, float] | None]) -> tuple[
     return tuple(float(v) for v in np.mean(positions, axis=0))
 
 
+def stacked_inputs(cropped: list[np.ndarray], boxes: list, neighbours: int, order: np.ndarray | None) -> list[np.ndarray]:
+    """The slices with their ``neighbours`` stacked as channels, neighbours taken in the model's
+    slice ``order`` (the dataset's order: prepare stores a series so), listed head to foot."""
+    model_order = np.arange(len(cropped)) if order is None else np.asarray(order)
+    stacked = stack_neighbours([cropped[i] for i in model_order], [boxes[i] for i in model_order], neighbours)
+    out: list[np.ndarray] = [np.empty(0)] * len(cropped)
+    for position, i in enumerate(model_order):
+        out[i] = stacked[position]
+    return out
+
+
 def load_series(series: Series, root: str, windows: tuple[Window, ...], transforms: Compose,
                 slice_ids: dict[str, str], crop: str = DEFAULT_CROP, slab_mm: float | None = None,
-                ) -> tuple[SeriesInput | None, list[Skipped]]:
+                neighbours: int = 0) -> tuple[SeriesInput | None, list[Skipped]]:
     """Decode, window, crop (``crop`` mode, :mod:`medseg.data.crop`) and transform one series; bad
     slices are skipped with a reason (None when no slice of the series could be decoded).
     ``slab_mm``: average a thin series into slabs of about that thickness first (one model row
     per slab; its slice id ``<first>..<last>`` of its source slices, its file their paths joined
-    by ";")."""
+    by ";"). ``neighbours``: k neighbour slices on each side stacked as channels (the config's
+    top-level ``neighbours``)."""
     start = time.perf_counter()
     task = SeriesTask(
         series_id=series.series_id, study_id=series.study_id, patient_id=series.patient_id, raw_root=root,
@@ -150,15 +165,15 @@ def load_series(series: Series, root: str, windows: tuple[Window, ...], transfor
         return None, skipped
     read = time.perf_counter()
     cropped = [volume[i, y0:y1, x0:x1] for i, (y0, y1, x0, x1) in enumerate(crops)]
-    image = apply_transforms(transforms, cropped)
-    thumbnails = np.stack([cv2.resize(np.ascontiguousarray(c[..., 0]), (THUMB_PX, THUMB_PX), interpolation=cv2.INTER_AREA) for c in cropped])
-    done = time.perf_counter()
-    sources = [[task.files[i] for i in g] for g in groups]
-    ids = [task.slice_ids[g[0]] if len(g) == 1 else f"{task.slice_ids[g[0]]}..{task.slice_ids[g[-1]]}" for g in groups]
     if crop == RELEASED:
         order = np.asarray(released_order([_slab_position([series.slices[i].position for i in g]) for g in groups]))
     else:
         order = None
+    image = apply_transforms(transforms, stacked_inputs(cropped, crops, neighbours, order) if neighbours else cropped)
+    thumbnails = np.stack([cv2.resize(np.ascontiguousarray(c[..., 0]), (THUMB_PX, THUMB_PX), interpolation=cv2.INTER_AREA) for c in cropped])
+    done = time.perf_counter()
+    sources = [[task.files[i] for i in g] for g in groups]
+    ids = [task.slice_ids[g[0]] if len(g) == 1 else f"{task.slice_ids[g[0]]}..{task.slice_ids[g[-1]]}" for g in groups]
     return SeriesInput(
         series_id=series.series_id, study_id=series.study_id, patient_id=series.patient_id,
         files=[";".join(files) for files in sources], slice_ids=ids,

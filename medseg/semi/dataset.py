@@ -24,14 +24,15 @@ from medseg.semi.leakage import DEFAULT_EXCLUDE, check_pseudo_file
 class PseudoSeriesDataset(RSNASeriesDataset):
     """Series of a pseudo-labelled tag; ``exclude_splits`` are the tags it must not overlap
     (the labelled training tag(s) of the run; validation is always checked). ``max_slices`` windows
-    run over the slices the confidence filter kept."""
+    run over the slices the confidence filter kept; ``neighbours`` stack a kept slice's neighbours
+    in the series, kept or not."""
 
     def __init__(self, dataset_root: str, split: str = "test_pseudo", transforms: Sequence[Transform] = (),
                  per_slice: bool = True, seed: int = 0, exclude_splits: Sequence[str] = DEFAULT_EXCLUDE,
                  max_slices: int | None = None, augment_on_device: bool = False, crop: str | None = None,
-                 fuse: bool = True):
+                 fuse: bool = True, neighbours: int = 0):
         check_pseudo_file(dataset_root, split, list(exclude_splits))
-        super().__init__(dataset_root, split, transforms, per_slice, seed, max_slices, augment_on_device, crop, fuse)
+        super().__init__(dataset_root, split, transforms, per_slice, seed, max_slices, augment_on_device, crop, fuse, neighbours)
         self.exclude_splits = list(exclude_splits)
         self.keep = np.isfinite(self.labels).all(axis=1)  # False = dropped by the confidence filter
         for index, sid in enumerate(self.series_ids):
@@ -47,5 +48,7 @@ class PseudoSeriesDataset(RSNASeriesDataset):
         start, end = int(self.starts[index]), int(self.ends[index])
         lo, hi = self.window(index, epoch)  # over the kept slices
         kept = np.flatnonzero(self.keep[start:end])[lo:hi]
+        if self.neighbours:  # a kept slice's neighbours are its neighbours in the series, dropped or not
+            return self.make_item(index, self.stacked_slices(index, kept), start + kept, self.rng(index, epoch))
         slices = self.load_slices(index, int(kept[0]), int(kept[-1]) + 1)
         return self.make_item(index, [slices[i - kept[0]] for i in kept], start + kept, self.rng(index, epoch))

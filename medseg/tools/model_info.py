@@ -49,6 +49,7 @@ class ModelInfo:
     head_params: int
     encoder_gflops: float
     head_gflops: float
+    in_chans: int = 3
 
     @property
     def gflops(self) -> float:
@@ -124,6 +125,7 @@ def model_info(model: ICHSequenceClassifier, img_size: int, in_chans: int = 3, s
         head_params=_count(model.head) if model.head is not None else 0,
         encoder_gflops=enc_macs / 1e9,
         head_gflops=head_macs / 1e9,
+        in_chans=in_chans,
     )
 
 
@@ -239,6 +241,11 @@ def format_plan(plan: MemoryPlan, name: str) -> str:
     return "\n".join(lines)
 
 
+def model_in_chans(model: nn.Layer) -> int:
+    """The input channels the model's encoder takes (3, or 3(2k+1) with ``neighbours: k``)."""
+    return int(getattr(getattr(model, "encoder", None), "in_chans", 3))
+
+
 def config_img_size(cfg: Config, default: int = 224) -> int:
     """The slice size the model is built for: ``model.encoder.img_size`` if set."""
     size = cfg.get("model.encoder.img_size")
@@ -250,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", nargs="+", required=True, help="YAML file(s) with a model: section")
     parser.add_argument("-o", "--opts", action="append", default=[], help="override key=value (repeatable)")
     parser.add_argument("--img_size", type=int, default=None, help="slice size if the config does not fix it (default 224)")
-    parser.add_argument("--in_chans", type=int, default=3)
+    parser.add_argument("--in_chans", type=int, default=None,
+                        help="input channels per slice (default: the model's, 3 x (2k + 1) with the config's neighbours: k)")
     parser.add_argument("--seq_len", type=int, default=40, help="series length for the sequence head's share")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table row per config")
     parser.add_argument("--train_memory", action="store_true",
@@ -268,8 +276,9 @@ def memory_report(args: argparse.Namespace) -> None:
     """Plan each config's training memory (``--train_memory``) and print the table."""
     for path in args.config:
         cfg = Config(path, args.opts)
-        plan = plan_train_memory(cfg.build("model"), args.img_size or config_img_size(cfg), args.slices,
-                                 cfg.get("optimizer.type", "Momentum"), args.in_chans)
+        model = cfg.build("model")
+        plan = plan_train_memory(model, args.img_size or config_img_size(cfg), args.slices,
+                                 cfg.get("optimizer.type", "Momentum"), args.in_chans or model_in_chans(model))
         print(format_plan(plan, path))
 
 
@@ -280,7 +289,8 @@ def report(args: argparse.Namespace) -> None:
         cfg = Config(path, args.opts)
         img_size = args.img_size or config_img_size(cfg)
         model = cfg.build("model")
-        infos.append(model_info(model, img_size, args.in_chans, args.seq_len, name=path))
+        in_chans = args.in_chans or model_in_chans(model)
+        infos.append(model_info(model, img_size, in_chans, args.seq_len, name=path))
         del model
     if args.markdown:
         print("| config | encoder | input | params (M) | GFLOPs / slice |")
@@ -290,7 +300,7 @@ def report(args: argparse.Namespace) -> None:
     else:
         for i in infos:
             print(f"config: {i.name}")
-            print(f"  encoder: {i.encoder}, input {args.in_chans}x{i.img_size}x{i.img_size}")
+            print(f"  encoder: {i.encoder}, input {i.in_chans}x{i.img_size}x{i.img_size}")
             print(
                 f"  parameters: {i.params / 1e6:.2f} M total = encoder with per-slice head {i.encoder_params / 1e6:.2f} M "
                 f"+ sequence head {i.head_params / 1e6:.2f} M ({i.params:,})"

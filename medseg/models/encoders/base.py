@@ -10,8 +10,37 @@ from __future__ import annotations
 
 import abc
 
+import numpy as np
 import paddle
 import paddle.nn as nn
+
+from medseg.data.neighbours import check_neighbours
+
+
+def widen_input_conv(conv: nn.Conv2D, neighbours: int) -> nn.Conv2D:
+    """``conv`` taking ``2k + 1`` stacked slices (:mod:`medseg.data.neighbours`) instead of one:
+    the same kernel size, stride, padding, dilation and bias, ``C(2k+1)`` input channels; its
+    kernel is ``conv``'s in the centre block and zero in the others, so the widened encoder
+    computes what ``conv``'s did on the centre slice. The new layer draws no random numbers
+    (zero-initialised, then filled), so every later initialisation is the 2-D model's.
+    ``neighbours`` 0 returns ``conv`` itself."""
+    k = check_neighbours(neighbours, "widen_input_conv")
+    if k == 0:
+        return conv
+    if conv._groups != 1:
+        raise ValueError(f"widen_input_conv: a grouped input convolution ({conv._groups} groups) cannot take neighbours")
+    channels = int(conv._in_channels)
+    zero = nn.initializer.Constant(0.0)
+    wide = nn.Conv2D(channels * (2 * k + 1), conv._out_channels, conv._kernel_size, stride=conv._stride, padding=conv._padding,
+                     dilation=conv._dilation, groups=1, padding_mode=conv._padding_mode,
+                     weight_attr=paddle.ParamAttr(initializer=zero),
+                     bias_attr=False if conv.bias is None else paddle.ParamAttr(initializer=zero), data_format=conv._data_format)
+    kernel = np.zeros(wide.weight.shape, dtype=np.float32)
+    kernel[:, k * channels:(k + 1) * channels] = conv.weight.numpy()
+    wide.weight.set_value(kernel)
+    if conv.bias is not None:
+        wide.bias.set_value(conv.bias.numpy())
+    return wide
 
 
 class SliceEncoder(nn.Layer, abc.ABC):
@@ -30,7 +59,16 @@ class SliceEncoder(nn.Layer, abc.ABC):
             only (model noise for a Noisy-Student student, arXiv 1911.04252: 0.5 there). The
             features handed to a sequence head are not dropped. 0 builds no layer at all, so
             runs without it draw the same random numbers as before the option existed.
+
+    A subclass that takes neighbour slices (``neighbours: k``, :mod:`medseg.data.neighbours`)
+    widens its first convolution with :func:`widen_input_conv` and sets ``neighbours``,
+    ``in_chans`` (its input channels) and ``input_conv`` (that convolution's name, whose
+    3-channel pretrained kernel :mod:`medseg.models.weights` loads into the centre block).
     """
+
+    neighbours = 0
+    in_chans = 3
+    input_conv: str | None = None
 
     def __init__(
         self,

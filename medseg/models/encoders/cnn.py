@@ -11,7 +11,8 @@ from typing import Callable
 import paddle
 import paddle.vision.models as pvm
 
-from medseg.models.encoders.base import SliceEncoder
+from medseg.data.neighbours import check_neighbours
+from medseg.models.encoders.base import SliceEncoder, widen_input_conv
 from medseg.registry import ENCODERS
 
 # name → paddle.vision constructor; all accept num_classes / with_pool. The MobileNet/ShuffleNet
@@ -51,6 +52,23 @@ def _feature_width(backbone: paddle.nn.Layer) -> int:
     return width
 
 
+def input_conv_name(backbone: paddle.nn.Layer) -> str:
+    """The name (under ``backbone``) of the first Conv2D that takes the 3 image channels."""
+    for name, layer in backbone.named_sublayers():
+        if isinstance(layer, paddle.nn.Conv2D) and int(layer._in_channels) == 3:
+            return name
+    raise ValueError(f"{type(backbone).__name__}: no Conv2D with 3 input channels to widen for neighbours")
+
+
+def replace_sublayer(root: paddle.nn.Layer, name: str, layer: paddle.nn.Layer) -> None:
+    """Put ``layer`` at the dotted ``name`` under ``root``."""
+    *path, last = name.split(".")
+    parent = root
+    for part in path:
+        parent = parent._sub_layers[part]
+    parent._sub_layers[last] = layer
+
+
 POOLS: dict[str, Callable[[paddle.Tensor], paddle.Tensor]] = {
     "avg": lambda x: x.mean(axis=[2, 3]),
     "max": lambda x: x.amax(axis=[2, 3]),
@@ -79,6 +97,10 @@ class CNNEncoder(SliceEncoder):
             ``model_info`` uses it.
         pretrained: a local ``.pdparams``/``.safetensors`` file (paddle.vision names or ours).
         head_dropout: see :class:`SliceEncoder`.
+        neighbours: k neighbour slices on each side stacked as channels (set by the config's
+            top-level ``neighbours``, :mod:`medseg.data.neighbours`): the first 3-channel Conv2D
+            takes 3(2k+1) channels, centre block as built, the others zero
+            (:func:`widen_input_conv`); 3-channel pretrained kernels load into the centre block.
     """
 
     def __init__(
@@ -93,6 +115,7 @@ class CNNEncoder(SliceEncoder):
         pool: str = "avg",
         bn_momentum: float | None = None,
         head_dropout: float = 0.0,
+        neighbours: int = 0,
     ):
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
@@ -119,6 +142,12 @@ class CNNEncoder(SliceEncoder):
                 if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
                     layer._momentum = bn_momentum
         self.backbone = backbone
+        self.neighbours = check_neighbours(neighbours, f"CNNEncoder({arch})")
+        if self.neighbours:
+            name = input_conv_name(backbone)
+            conv = widen_input_conv(dict(backbone.named_sublayers())[name], self.neighbours)
+            replace_sublayer(backbone, name, conv)
+            self.input_conv, self.in_chans = f"backbone.{name}", int(conv._in_channels)
         self.load_pretrained(pretrained, key_map="auto")
 
     def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:

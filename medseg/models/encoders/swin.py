@@ -24,7 +24,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from medseg.models.encoders.base import SliceEncoder
+from medseg.data.neighbours import check_neighbours
+from medseg.models.encoders.base import SliceEncoder, widen_input_conv
 from medseg.registry import ENCODERS
 
 VARIANTS: dict[str, dict] = {
@@ -336,7 +337,11 @@ class SwinTransformer(SliceEncoder):
     (``img_size``) because the shifted-window masks depend on it; every stage's feature map must
     be divisible by the window or smaller than it (then the window shrinks to the map, no shift).
     Drop path rises linearly from 0 to ``drop_path_rate`` over all blocks and acts per sample;
-    ``head_dropout``: see :class:`SliceEncoder`.
+    ``head_dropout``: see :class:`SliceEncoder`. ``neighbours`` (k, set by the config's top-level
+    ``neighbours``, :mod:`medseg.data.neighbours`): the patch embedding takes ``in_chans`` channels
+    of each of 2k+1 stacked slices, its kernel for the centre slice initialised as usual and zero
+    for the others (:func:`widen_input_conv`); ``in_chans``-channel pretrained kernels load into
+    the centre block.
     """
 
     def __init__(
@@ -363,6 +368,7 @@ class SwinTransformer(SliceEncoder):
         recompute: bool = False,
         pretrained: str | None = None,
         head_dropout: float = 0.0,
+        neighbours: int = 0,
     ):
         if variant is not None and variant not in VARIANTS:
             raise ValueError(f"unknown Swin variant {variant!r}; known: {', '.join(VARIANTS)} (or null with explicit sizes)")
@@ -404,6 +410,11 @@ class SwinTransformer(SliceEncoder):
             )
         self.norm = nn.LayerNorm(num_features)
         self._init_weights()
+        self.neighbours = check_neighbours(neighbours, "SwinTransformer")
+        if self.neighbours:
+            self.patch_embed.proj = widen_input_conv(self.patch_embed.proj, self.neighbours)
+            self.input_conv = "patch_embed.proj"
+        self.in_chans = int(self.patch_embed.proj._in_channels)
         self.load_pretrained(pretrained, key_map="auto")
 
     def _init_weights(self) -> None:
