@@ -131,10 +131,10 @@ EOF
 
   encoder=$(ls -d "$dir"/kfold/fold_0/pretrain/iter_* | sort -t_ -k2 -n | tail -1)
   echo "== [$(( $(date +%s) - start ))s] seed $seed: fold 0's encoder: embeddings, $BAG bagged heads against one"
-  "$PYTHON" bench/workflow_stage2.py bagging --folder "$dir" --folds "$FOLDS" --encoder "$encoder" --config "$CONFIG" \
+  [ -f "$dir/bagging.json" ] || "$PYTHON" bench/workflow_stage2.py bagging --folder "$dir" --folds "$FOLDS" --encoder "$encoder" --config "$CONFIG" \
     --embed_config "$EMBED_CONFIG" --seed "$seed" --bag "$BAG" ${WF_ITERS:+--iters "$WF_ITERS"} > "$dir/bagging.out" 2>&1 \
     || { tail -n 20 "$dir/bagging.out"; exit 1; }
-  if [ "$seed" = "$first_seed" ]; then
+  if [ "$seed" = "$first_seed" ] && [ ! -f "$dir/speed.json" ]; then
     echo "== [$(( $(date +%s) - start ))s] seed $seed: stage 2 on embeddings against the frozen encoder, $SPEED_ITERS steps each"
     "$PYTHON" bench/workflow_stage2.py speed --folder "$dir" --folds "$FOLDS" --encoder "$encoder" --config "$CONFIG" \
       --embed_config "$EMBED_CONFIG" --seed "$seed" --iters "$SPEED_ITERS" > "$dir/speed.out" 2>&1 \

@@ -13,8 +13,8 @@ by about 6e-4 (docs/benchmarks.md), and the arms should differ only by where the
 checkpoint); member 0 is the single head of the same seed, so the bag and one head differ only by
 the N-1 other heads. Test-split predictions of both.
 
-Each part writes ``<folder>/<part>.json`` (what the summary of bench/workflow.sh reads) and reuses
-what an earlier run finished.
+Each part writes ``<folder>/<part>.json`` (what the summary of bench/workflow.sh reads, which
+skips a part whose file exists) and reuses the embeddings and bag an earlier run finished.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -33,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from medseg.constants import LABELS  # noqa: E402
+from medseg.data.embeddings import split_record  # noqa: E402
 from medseg.data.split import fold_tags  # noqa: E402
 from medseg.outputs.predictions import read_table  # noqa: E402
 from medseg.utils.atomic import atomic_write_json, atomic_write_text  # noqa: E402
@@ -49,14 +49,14 @@ def run(args: list[str], log: str) -> None:
 
 
 def embed(folder: str, config: str, encoder: str, out: str, splits: list[str]) -> float:
-    """float32 embeddings of ``splits`` (resumed when present); the seconds it took."""
-    tic = time.perf_counter()
+    """float32 embeddings of ``splits`` (reused when present); the seconds their extraction took
+    (each split's record keeps it, so a rerun that reuses them reports the same)."""
     args = ["-m", "medseg.tools.embed", "--config", config, "-o", f"val_dataset.dataset_root={folder}/prepared",
             "--model", encoder, "--out", out, "--dtype", "float32", "--no_progress", "--num_workers", "1"]
     for split in splits:
         args += ["--split", split]
     run(args, out + ".log")
-    return time.perf_counter() - tic
+    return float(sum(split_record(out, split)["extract_seconds"] for split in splits))
 
 
 def fold_embeddings(a: argparse.Namespace) -> tuple[str, float]:

@@ -32,9 +32,9 @@ RAW=${GIVEN:-$OUT/raw}
 # One OpenMP thread per process: the demo's MobileNet is made of small ops that a second thread
 # slows down (measured here: 2.06 s per training step with 1 thread, 2.86 s with 2).
 export OMP_NUM_THREADS=${DEMO_THREADS:-1} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-# Embedding and inference run in one process: one OpenMP thread and one loader process decoding the
-# cache beside it (2026-12-06, 2 cores: 140 slices/s, against 110 with two threads).
-EMBED_THREADS=${DEMO_EMBED_THREADS:-1} EMBED_WORKERS=${DEMO_EMBED_WORKERS:-1}
+# Embedding and inference share the series out over the $PROCS processes, each decoding its own
+# series (loader workers per process: DEMO_WORKERS).
+WORKERS=${DEMO_WORKERS:-0}
 start=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
 
@@ -52,11 +52,15 @@ step "2/10 prepare (DICOM -> meta tables + window cache) -> $OUT/prepared"
 "$PYTHON" -m medseg.data.prepare --raw_root "$RAW" --dataset_root "$OUT/prepared" --workers 2 --val_fraction 0.2 --seed 42
 
 data=(-o "train_dataset.dataset_root=$OUT/prepared" -o "val_dataset.dataset_root=$OUT/prepared")
-train() {  # name config extra-args...: train.py on $PROCS processes -> $OUT/<name>
-  local name=$1 config=$2; shift 2
+launched() {  # name script args...: the script on $PROCS processes (their logs: $OUT/logs/<name>)
+  local name=$1; shift
   local launch=()
   [ "$PROCS" -gt 1 ] && launch=(-m paddle.distributed.launch --nproc_per_node "$PROCS" --log_dir "$OUT/logs/$name")
-  "$PYTHON" "${launch[@]}" train.py --config "$config" "${data[@]}" --save_dir "$OUT/$name" --overwrite_save_dir \
+  "$PYTHON" "${launch[@]}" "$@"
+}
+train() {  # name config extra-args...: train.py on $PROCS processes -> $OUT/<name>
+  local name=$1 config=$2; shift 2
+  launched "$name" train.py --config "$config" "${data[@]}" --save_dir "$OUT/$name" --overwrite_save_dir \
     --seed 0 "$@"
 }
 
@@ -65,10 +69,10 @@ train pretrain "$PRETRAIN_CONFIG" --save_interval 100000 ${DEMO_PRETRAIN_ITERS:+
 encoder=$(ls -d "$OUT"/pretrain/iter_* | sort -t_ -k2 -n | tail -1)
 
 step "4/10 embed the train and validation slices once with the stage-1 encoder -> $OUT/embeddings"
-# One process with both cores: the encoder's forward pass on every slice, saved (float16) so that
-# stage 2 trains on features instead of running the frozen encoder at every step.
-OMP_NUM_THREADS=$EMBED_THREADS "$PYTHON" -m medseg.tools.embed --config "$CONFIG" "${data[@]}" --model "$encoder" \
-  --split train --split val --out "$OUT/embeddings" --num_workers "$EMBED_WORKERS"
+# The encoder's forward pass on every slice, saved (float16) so that stage 2 trains on features
+# instead of running the frozen encoder at every step.
+launched embed medseg/tools/embed.py --config "$CONFIG" "${data[@]}" --model "$encoder" \
+  --split train --split val --out "$OUT/embeddings" --num_workers "$WORKERS"
 
 step "5/10 train stage 2, the sequence model, on the embeddings: $EMBED_CONFIG -> $OUT/train"
 embedded=(-o "train_dataset.embeddings=$OUT/embeddings" -o "val_dataset.embeddings=$OUT/embeddings")
@@ -92,8 +96,8 @@ rm -rf "$model"
 "$PYTHON" -m medseg.tools.embed join --head "$head" --out "$model" --encoder "$encoder"
 
 step "8/10 infer the test split (DICOM-derived slices through the joined model) -> $OUT/predictions_test.csv"
-OMP_NUM_THREADS=$EMBED_THREADS "$PYTHON" infer.py --config "$model/config.yml" "${data[@]}" --resume_model "$model" \
-  --split test --output "$OUT/predictions_test.csv"
+launched infer infer.py --config "$model/config.yml" "${data[@]}" --resume_model "$model" \
+  --split test --output "$OUT/predictions_test.csv" --num_workers "$WORKERS" --multigpu_infer
 
 step "9/10 Kaggle submission -> $OUT/submission.csv"
 "$PYTHON" -m medseg.outputs.submission --pred "$OUT/predictions_test.csv" \

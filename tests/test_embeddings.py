@@ -146,6 +146,36 @@ def test_saved_embeddings_equal_the_encoder_features(setup):
         assert np.abs(averaged[i]["image"] - saved[i]["image"]).max() > 1e-2  # the views did change something
 
 
+def test_shards_are_balanced_by_slices_and_cover_every_series_once():
+    lengths = [40, 12, 60, 33, 33, 25, 58, 20]
+    shares = [embeddings_extract.shard(lengths, r, 3) for r in range(3)]
+    assert sorted(i for share in shares for i in share) == list(range(len(lengths)))
+    loads = [sum(lengths[i] for i in share) for share in shares]
+    assert max(loads) - min(loads) <= max(lengths) // 2  # longest first to the least loaded: close to even
+    assert embeddings_extract.shard(lengths, 0, 1) == list(range(len(lengths)))
+
+
+@pytest.mark.slow  # two processes (paddle.distributed.launch, gloo)
+def test_two_launched_processes_write_the_single_process_embeddings(setup, tmp_path):
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "emb2")
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(tmp_path / "logs"),
+           os.path.join(ROOT, "medseg", "tools", "embed.py"), *embed_args(setup, out, "--split", "train", "--split", "val")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in dict(os.environ, OMP_NUM_THREADS="1").items() if k != "CUDA_VISIBLE_DEVICES"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for split in ("train", "val"):
+        ours, single = read_split(out, split), read_split(setup["emb"], split)
+        assert list(ours.slice_ids) == list(single.slice_ids)
+        np.testing.assert_array_equal(np.asarray(ours.features), np.asarray(single.features))
+        np.testing.assert_array_equal(np.asarray(ours.logits), np.asarray(single.logits))
+    assert "embed train:" in (tmp_path / "logs" / "workerlog.0").read_text()
+    assert "embed train:" not in (tmp_path / "logs" / "workerlog.1").read_text()  # one report, from rank 0
+    assert not os.path.exists(os.path.join(out, ".parts"))
+
+
 def test_an_interrupted_run_resumes_with_the_unfinished_series(setup, monkeypatch):
     out = str(setup["base"] / "emb_resume")
     calls = []

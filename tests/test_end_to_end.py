@@ -96,7 +96,8 @@ def test_demo_left_a_checkpoint_and_a_report(demo_run):
     # the embeddings are the stage-1 encoder's, and stage 2 starts from its slice head (2 tensors)
     assert re.search(rf"{out / 'pretrain' / 'iter_4'}/model.pdparams: loaded \d+ tensors, \d+ model tensors not in the file, 0 file tensors unused", stdout)
     assert f"{out / 'pretrain' / 'iter_4'}/model.pdparams: loaded 2 tensors" in stdout
-    assert (out / "logs" / "pretrain" / "workerlog.1").is_file()  # stage 1 on two training processes
+    for step in ("pretrain", "embed", "infer"):  # stage 1, the embeddings and the inference on two processes
+        assert (out / "logs" / step / "workerlog.1").is_file(), step
     assert "Skip loading for" not in stdout  # the partial load is reported once, not as a Paddle warning per tensor
     assert (out / "embeddings" / "manifest.json").is_file()
     assert (out / "train" / "best_model").is_dir()

@@ -6,6 +6,10 @@ and labels go to one part file as soon as the series is done; a rerun skips the 
 exists. When every series is done the parts are packed into the split's folder
 (:mod:`medseg.data.embeddings`). With test-time views the features are the mean over the views and
 the logits the slice head of that mean (the head is linear: the mean of the views' logits).
+
+Under ``paddle.distributed.launch`` each process embeds its share of the series (balanced by
+slices) into the same parts folder, and rank 0 packs the split once all are done: the per-series
+parts make the shards independent, and a rerun resumes whatever any process finished.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from medseg.data.device_augment import to_model_input
 from medseg.data.embeddings import (FEATURES, FORMAT, LABELS_FILE, LOGITS, SLICES, SPLIT_RECORD, EmbeddingsError,
                                     claim_manifest, parts_dir, split_dir, split_record, tensors_sha256)
 from medseg.engine import checkpoint as ckpt
+from medseg.engine import distributed as dist
 from medseg.engine.loader import make_loader, worker_batches
 from medseg.engine.tta import TTA, mean_views, stack_views
 from medseg.models import weights
@@ -158,6 +163,17 @@ def _pack(out: str, split: str, dataset, meta_sha: str, seconds: float, dtype: s
     return record
 
 
+def shard(lengths: list[int], rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s share of the series with ``lengths`` slices (their positions, in order): the
+    longest first to the least loaded process, so that every process gets about the same slices."""
+    loads, owner = [0] * world, {}
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = loads.index(min(loads))
+        owner[i] = r
+        loads[r] += lengths[i]
+    return [i for i in range(len(lengths)) if owner[i] == rank]
+
+
 def extract_split(cfg: Config, model_path: str, split: str, out: str, tta: TTA | None = None,
                   num_workers: int = 0, progress: bool = True, dtype: str = "float16") -> dict[str, Any]:
     """Embed every series of ``split`` into ``out`` (resumable); returns the split's record plus
@@ -166,9 +182,15 @@ def extract_split(cfg: Config, model_path: str, split: str, out: str, tta: TTA |
     values exactly, for bit-level comparisons with the image pipeline)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    dist.init_distributed()  # a no-op unless launched with several processes
     model = load_encoder_model(cfg, model_path)
-    os.makedirs(out, exist_ok=True)
-    claim_manifest(out, build_manifest(cfg, model_path, model, tta, dtype))
+    manifest = build_manifest(cfg, model_path, model, tta, dtype)
+    if dist.is_main():  # one process claims the folder, then the others check it
+        os.makedirs(out, exist_ok=True)
+        claim_manifest(out, manifest)
+    dist.barrier()
+    if not dist.is_main():
+        claim_manifest(out, manifest)
     dataset = build_eval_dataset(cfg, split)
     meta_sha = file_sha256(dataset.meta_file)
     record = split_record(out, split)
@@ -179,14 +201,22 @@ def extract_split(cfg: Config, model_path: str, split: str, out: str, tta: TTA |
         logger.info("%s: split %s already embedded (%d series, %d slices): nothing to do", out, split,
                     record["series"], record["slices"])
         return {**record, "done_before": record["series"], "seconds": 0.0}
-    os.makedirs(parts_dir(out, split), exist_ok=True)
-    _check_parts(out, split, meta_sha, dataset.meta_file)
+    if dist.is_main():
+        os.makedirs(parts_dir(out, split), exist_ok=True)
+        _check_parts(out, split, meta_sha, dataset.meta_file)
+    dist.barrier()
     todo = [i for i, sid in enumerate(dataset.series_ids) if not os.path.isfile(part_path(out, split, sid))]
     done_before = len(dataset) - len(todo)
+    dist.barrier()  # every process has listed the parts before any writes one
+    world = dist.get_world_size()
+    if world > 1:
+        todo = [todo[j] for j in shard([dataset.num_slices(i) for i in todo], dist.get_rank(), world)]
     logger.info("embedding %s: %d series (%d done before) with %s%s -> %s", dataset.meta_file, len(dataset), done_before,
                 model_path, f", views {tta.describe()}" if tta is not None and tta.active else "", out)
     start = time.time()
-    bar = tqdm(total=len(dataset), initial=done_before, desc=f"embed {split}", unit="series", disable=not progress)
+    # rank 0's bar: its own share when the series are shared out
+    total, initial = (len(dataset), done_before) if world == 1 else (len(todo), 0)
+    bar = tqdm(total=total, initial=initial, desc=f"embed {split}", unit="series", disable=not progress or not dist.is_main())
     try:
         if todo:
             loader = make_loader(dataset, _Batches(todo), num_workers)
@@ -203,8 +233,14 @@ def extract_split(cfg: Config, model_path: str, split: str, out: str, tta: TTA |
                         bar.update(1)
     finally:
         bar.close()
+    dist.barrier()  # every share written
     seconds = time.time() - start
-    record = _pack(out, split, dataset, meta_sha, seconds, dtype)
-    logger.info("wrote %s: %d series, %d slices, features %d wide (%s), %.1f s", split_dir(out, split),
-                record["series"], record["slices"], int(model.encoder.feature_dim), dtype, seconds)
+    if dist.is_main():
+        record = _pack(out, split, dataset, meta_sha, seconds, dtype)
+        logger.info("wrote %s: %d series, %d slices, features %d wide (%s), %.1f s on %d process(es)", split_dir(out, split),
+                    record["series"], record["slices"], int(model.encoder.feature_dim), dtype, seconds, world)
+    dist.barrier()
+    record = split_record(out, split)
+    if record is None:
+        raise EmbeddingsError(f"{split_dir(out, split)}: not written (rank 0 did not pack the split)")
     return {**record, "done_before": done_before, "seconds": seconds}

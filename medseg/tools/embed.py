@@ -5,7 +5,9 @@ series of split S (read as infer.py reads it: C's eval dataset section), the enc
 checkpoint M writes its per-slice features (float16; ``--dtype float32``) and logits, with the
 slice ids in order and the labels, into DIR (layout: :mod:`medseg.data.embeddings`; one compact folder per split, a
 ``manifest.json`` per DIR). Resumable: a rerun skips finished series and finished splits. A run
-whose encoder, eval transforms, crop or views differ from DIR's manifest is refused.
+whose encoder, eval transforms, crop or views differ from DIR's manifest is refused. Under
+``python -m paddle.distributed.launch --nproc_per_node N -m medseg.tools.embed …`` the N processes
+share the series out (DIR on a file system they all see).
 
 ``python -m medseg.tools.embed join --head H --out J [--config HC] [--encoder M]``: H is a
 checkpoint trained by train.py on those embeddings (config HC, default the config.yml beside or
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> None:
         from medseg.config import Config
         from medseg.data.embeddings_extract import extract_split
+        from medseg.engine import distributed as dist
         from medseg.engine.loader import default_num_workers
         from medseg.engine.tta import resolve_tta
         from medseg.utils.logger import setup_logger
@@ -79,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         for split in args.split:
             record = extract_split(cfg, args.model, split, args.out, tta, workers, progress=not args.no_progress,
                                    dtype=args.dtype)
-            print(f"embed {split}: {record['series']} series, {record['slices']} slices "
-                  f"({record['done_before']} series done before) in {record['seconds']:.1f} s -> {args.out}")
+            if dist.is_main():
+                print(f"embed {split}: {record['series']} series, {record['slices']} slices "
+                      f"({record['done_before']} series done before) in {record['seconds']:.1f} s -> {args.out}")
 
     return run_cli(job)
 
