@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # External validation, leave one site out (issue 13): does a model trained at some scanner sites
-# hold up at another? The demo's recipe (script/demo.sh: its two configs and budget) is trained on
+# hold up at another? The demo's recipe (script/demo.sh: its configs and budget) is trained on
 # a synthetic cohort drawn from every site preset but HOLDOUT, its probabilities are calibrated on
 # its validation split (per-class temperatures, medseg.outputs.calibrate), then it is scored
 #   in_domain: on that cohort's test split (infer.py), and
@@ -39,7 +39,6 @@ if [ "${SMOKE:-0}" = 1 ]; then
     DEMO_SAVE_INTERVAL=${DEMO_SAVE_INTERVAL:-2}
 fi
 SERIES=${SERIES:-300} EXT_SERIES=${EXT_SERIES:-80} SIZE=${SIZE:-160}
-CONFIG=${DEMO_CONFIG:-config/demo_cpu.yml}
 IN=$OUT/in_domain
 EXT_GIVEN=${EXT_RAW:-}
 # Cohort seeds (medseg/data/cohort_seeds.py): the in-domain cohort is the demo's (the first report
@@ -69,7 +68,8 @@ score() {  # label report-dir pred truth: the report's score line, prefixed
 echo "== 1/4 the demo recipe on sites $TRAIN_SITES ($SERIES series, ${SIZE} px${RAW:+, cohort $RAW}) -> $IN"
 DEMO_OUT=$IN DEMO_SITES=$TRAIN_SITES DEMO_SERIES=$SERIES DEMO_SIZE=$SIZE DEMO_RAW=${RAW:-} PYTHON=$PYTHON DEMO_CALIBRATE=$CALIBRATE \
   bash script/demo.sh > "$OUT/in_domain.log" 2>&1 || { tail -30 "$OUT/in_domain.log"; exit 1; }
-MODEL=$IN/train/best_model
+MODEL=$IN/model  # the demo's joined model (stage-2 head + stage-1 encoder) and its config
+MODEL_CONFIG=$MODEL/config.yml
 data=(-o "train_dataset.dataset_root=$IN/prepared" -o "val_dataset.dataset_root=$IN/prepared")
 
 if [ -n "$EXT_GIVEN" ]; then
@@ -83,7 +83,7 @@ fi
 
 CAL_FILE=
 if [ "$CALIBRATE" = 1 ]; then
-  echo "== 3/4 calibration on the in-domain validation split (script/demo.sh step 5) -> $MODEL/calibration.json"
+  echo "== 3/4 calibration on the in-domain validation split (script/demo.sh step 6) -> $MODEL/calibration.json"
   grep -E '^(temperature|val ece)' "$OUT/in_domain.log"
   CAL_FILE=$MODEL/calibration.json
 else
@@ -91,11 +91,11 @@ else
 fi
 
 echo "== 4/4 scores (in-domain test split with infer.py, external cohort with medseg.predict)"
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$PYTHON" infer.py --config "$CONFIG" "${data[@]}" --resume_model "$MODEL" \
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$PYTHON" infer.py --config "$MODEL_CONFIG" "${data[@]}" --resume_model "$MODEL" \
   --split test --output "$OUT/in_domain_test.csv" > "$OUT/in_domain_infer.log" 2>&1 \
   || { tail -20 "$OUT/in_domain_infer.log"; exit 1; }
 RAW_DIR=${RAW:-$IN/raw}
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$PYTHON" -m medseg.predict --config "$CONFIG" --model "$MODEL" \
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$PYTHON" -m medseg.predict --config "$MODEL_CONFIG" --model "$MODEL" \
   --dicom_dir "$EXT_RAW/stage_2_test" --out "$OUT/external_predict" --no_progress > "$OUT/external_predict.log" 2>&1 \
   || { tail -20 "$OUT/external_predict.log"; exit 1; }
 score in_domain "$OUT/in_domain_report" "$OUT/in_domain_test.csv" "$RAW_DIR/stage_2_test_truth.csv"

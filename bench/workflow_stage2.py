@@ -4,10 +4,10 @@ stage-1 encoder): the saved-embeddings stage 2 against the frozen-encoder one, a
 ``speed``: both stage 2s from the same weights (the stage-1 encoder and one random head), the same
 data, batch, steps and seed, augmentation and the head's dropout off in both (the image arm's
 training transforms are its eval transforms, so each slice has one feature vector as in the
-embeddings); seconds per iteration
-of each (the trainer's ``batch_cost`` after its first logging window) and the largest difference of
-their test-split probabilities. The embeddings are float32 here: float16 alone moves probabilities
-by about 6e-4 (docs/benchmarks.md), and the arms should differ only by where the features come from.
+embeddings); seconds per iteration of each (the trainer's ``batch_cost`` after its first logging
+window) and the largest difference of their test-split probabilities. The embeddings are float32
+here: float16 alone moves probabilities by about 6e-4 (docs/design.md, "Saved embeddings"), and
+the arms should differ only by where the features come from.
 
 ``bagging``: ``train.py --bag N`` on the embeddings (heads seeded seed … seed+N-1, each its last
 checkpoint); member 0 is the single head of the same seed, so the bag and one head differ only by

@@ -75,7 +75,11 @@ launched embed medseg/tools/embed.py --config "$CONFIG" "${data[@]}" --model "$e
   --split train --split val --out "$OUT/embeddings" --num_workers "$WORKERS"
 
 step "5/10 train stage 2, the sequence model, on the embeddings: $EMBED_CONFIG -> $OUT/train"
-embedded=(-o "train_dataset.embeddings=$OUT/embeddings" -o "val_dataset.embeddings=$OUT/embeddings")
+# The features are as wide as the stage-1 encoder makes them (its manifest says so): any $CONFIG works.
+width=$("$PYTHON" -c 'import sys; from medseg.data.embeddings import read_manifest; print(read_manifest(sys.argv[1])["feature_dim"])' \
+  "$OUT/embeddings")
+embedded=(-o "train_dataset.embeddings=$OUT/embeddings" -o "val_dataset.embeddings=$OUT/embeddings"
+          -o "model.encoder.feature_dim=$width")
 "$PYTHON" train.py --config "$EMBED_CONFIG" "${embedded[@]}" --pretrained "$encoder" --save_dir "$OUT/train" \
   --overwrite_save_dir --seed 0 --do_eval --save_interval "${DEMO_SAVE_INTERVAL:-100}" ${DEMO_ITERS:+--iters "$DEMO_ITERS"}
 
