@@ -14,6 +14,7 @@ parts make the shards independent, and a rerun resumes whatever any process fini
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -156,10 +157,8 @@ def _pack(out: str, split: str, dataset, meta_sha: str, seconds: float, dtype: s
         pd.DataFrame({"slice_id": slice_ids, "series_id": series_ids}).to_csv(os.path.join(tmp, SLICES), index=False)
         atomic_write_json(os.path.join(tmp, SPLIT_RECORD), record)
     shutil.rmtree(parts_dir(out, split), ignore_errors=True)
-    try:
+    with contextlib.suppress(OSError):  # another split's parts still there: .parts stays
         os.rmdir(os.path.dirname(parts_dir(out, split)))  # the last split packed: no empty .parts left behind
-    except OSError:
-        pass
     return record
 
 

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from medseg.constants import DEFAULT_WINDOWS
-from medseg.data.transforms import Transform, to_uint8
+from medseg.data.transforms import Transform, per_window, to_uint8
 from medseg.registry import TRANSFORMS
 
 
@@ -98,9 +98,7 @@ class ScannerNoise(SeriesTransform):
         if params is None or params[0] <= 0:
             return image
         sigma, grain, noise_rng = params
-        if image.shape[-1] % len(self.widths):  # a stacked neighbour slice repeats the windows
-            raise ValueError(f"ScannerNoise: image has {image.shape[-1]} channels, windows give {len(self.widths)}")
-        widths = np.tile(self.widths, image.shape[-1] // len(self.widths))
+        widths = per_window(self.widths, image.shape[-1], "ScannerNoise window widths")  # a stacked slice repeats them
         field = noise_rng.standard_normal(image.shape[:2], dtype=np.float32)
         if grain >= 0.2:
             field = cv2.GaussianBlur(field, (0, 0), grain)

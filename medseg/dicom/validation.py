@@ -14,8 +14,9 @@ from __future__ import annotations
 import pydicom
 from pydicom.config import disable_value_validation
 from pydicom.dataelem import RawDataElement
+from pydicom.uid import UID
 
-__all__ = ["convert_elements", "disable_value_validation"]
+__all__ = ["convert_elements", "disable_value_validation", "valid_uid"]
 
 PIXEL_GROUP = 0x7FE0
 
@@ -34,3 +35,9 @@ def convert_elements(ds: pydicom.Dataset) -> pydicom.Dataset:
             for item in element.value:
                 convert_elements(item)
     return ds
+
+
+def valid_uid(value: object) -> bool:
+    """A DICOM UID pydicom would write without complaint (PS3.5 9.1: digits in dot-separated
+    components without leading zeros, at most 64 characters); an RSNA ``ID_<hex>`` is not one."""
+    return isinstance(value, str) and UID(value).is_valid

@@ -30,7 +30,8 @@ from pydicom.uid import (CTImageStorage, DeflatedExplicitVRLittleEndian, Explici
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from medseg.node.storage import StudyStore, is_valid_uid, printable
+from medseg.dicom.validation import valid_uid
+from medseg.node.storage import StudyStore, printable
 from medseg.utils.logger import get_logger
 
 logger = get_logger("node")
@@ -77,7 +78,7 @@ def check_dataset(ds: Dataset, sop_class: str, transfer_syntax: str) -> tuple[in
     truncated = truncated_element(ds)
     if truncated:
         return CANNOT_UNDERSTAND, truncated
-    bad_uids = [k for k in UID_KEYWORDS if not is_valid_uid(str(ds.get(k, "")))]
+    bad_uids = [k for k in UID_KEYWORDS if not valid_uid(str(ds.get(k, "")))]
     if bad_uids:
         shown = ", ".join(f"{k} {printable(ds.get(k, ''), 40)!r}" for k in bad_uids)
         return INVALID_UID, f"not a valid UID: {shown}"

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 import time
 import uuid
 from typing import Any
 
+from medseg.dicom.validation import valid_uid
 from medseg.utils.atomic import atomic_open, atomic_write_json, read_json_object
 
-# A DICOM UID (PS3.5 9.1): digits in dot-separated components, no leading zero, at most 64 characters.
-UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-UID_MAX = 64
+UID_MAX = 64  # characters of a DICOM UID (PS3.5 9.1)
 UNFINISHED = ("received", "predicting", "forwarding")
 FINISHED = ("done", "failed")
 HISTORY_MAX = 50  # journal entries kept per study (a study re-sent many times stays small)
@@ -39,10 +37,6 @@ class JournalError(ValueError):
     """A journal file that cannot be read (names the file)."""
 
 
-def is_valid_uid(value: str) -> bool:
-    return len(value) <= UID_MAX and bool(UID_PATTERN.match(value))
-
-
 def study_key(study_uid: str) -> str:
     """The folder name of a study: 32 hex digits of SHA-256 (never the UID itself)."""
     return hashlib.sha256(study_uid.encode("utf-8", "surrogateescape")).hexdigest()[:32]
@@ -50,7 +44,7 @@ def study_key(study_uid: str) -> str:
 
 def instance_name(sop_uid: str) -> str:
     """The file name of an instance: its UID when valid (digits and dots only), else a hash."""
-    if is_valid_uid(sop_uid):
+    if valid_uid(sop_uid):
         return f"{sop_uid}.dcm"
     return f"sop-{hashlib.sha256(sop_uid.encode('utf-8', 'surrogateescape')).hexdigest()[:32]}.dcm"
 

@@ -20,7 +20,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from medseg.predict.dicom_capture import SeriesCaptures, build_capture, caption, render
-from medseg.predict.dicom_source import ModelIdentity, model_identity, read_header, reference_dataset, referencable, valid_uid
+from medseg.dicom.validation import valid_uid
+from medseg.predict.dicom_source import ModelIdentity, model_identity, read_header, reference_dataset, referencable
 from medseg.predict.dicom_sr import build_sr, top_rows
 from medseg.predict.tables import SeriesResult
 from medseg.utils.atomic import atomic_open

@@ -19,10 +19,11 @@ import os
 from dataclasses import dataclass
 
 from pydicom import Dataset, dcmread
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import generate_uid
 
 import medseg
 from medseg.constants import LABELS
+from medseg.dicom.validation import valid_uid
 from medseg.engine import checkpoint as ckpt
 from medseg.outputs.calibrate import calibration_path
 from medseg.utils.atomic import file_sha256
@@ -32,11 +33,6 @@ from medseg.utils.atomic import file_sha256
 TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
          "ReferringPhysicianName", "StudyID", "AccessionNumber")
 _AXES = (("L", "R"), ("P", "A"), ("H", "F"))  # +x, -x / +y, -y / +z, -z of the patient system
-
-
-def valid_uid(value: object) -> bool:
-    """A UID pydicom would write without complaint (digits and dots, at most 64 characters)."""
-    return isinstance(value, str) and UID(value).is_valid
 
 
 def read_header(path: str) -> Dataset:
